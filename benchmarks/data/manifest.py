@@ -159,7 +159,7 @@ def stratified_holdout(
     order = np.argsort(-(exact - take), kind="stable")
     take[order[:remainder]] += 1
     held: list[np.ndarray] = []
-    for cls, k in zip(classes, take):
+    for cls, k in zip(classes, take, strict=True):
         members = np.flatnonzero(labels == cls)
         held.append(rng.permutation(members)[:k])
     held_out = np.sort(np.concatenate(held))
