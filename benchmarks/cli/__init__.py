@@ -17,6 +17,9 @@ from benchmarks.errors import DynbenchError
 
 COMMANDS: dict[str, str] = {
     "models": "benchmarks.cli.models:models",
+    "reproduce": "benchmarks.cli.reproduce:reproduce",
+    "train": "benchmarks.cli.train:train",
+    "eval": "benchmarks.cli.train:evaluate",
 }
 
 

@@ -1,0 +1,28 @@
+"""`dynbench reproduce SUITE`: train (or reuse), evaluate and tabulate a whole suite."""
+
+from __future__ import annotations
+
+import click
+
+from benchmarks.cli.options import data_root_option, device_option
+
+
+@click.command("reproduce")
+@click.argument("suite")
+@click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False), help="Where runs/ and tables/ go.")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Run seeds 0..N-1 (mean ± std); default: each config's seeds.")
+@click.option("--full/--quick", "full", default=None, help="Force full-size or quick-size configs (default: the suite's setting).")
+@data_root_option
+@device_option
+def reproduce(suite: str, out: str, seeds: int | None, full: bool | None, data_root: str | None, device: str | None) -> None:
+    """Reproduce SUITE (quick, baselines, d2nn, lcnet, all): train, evaluate, write tables."""
+    from benchmarks.suites import reproduce as run_suite
+
+    report = run_suite(suite, out=out, data_root=data_root, seeds=seeds, quick=None if full is None else not full, device=device)
+    click.echo(f"suite '{suite}': {report.trained} run(s) trained, {report.reused} reused, {report.seconds:.0f}s")
+    click.echo("runs:")
+    for path in report.runs:
+        click.echo(f"  {path}")
+    click.echo("tables:")
+    for path in report.tables:
+        click.echo(f"  {path}")

@@ -1,0 +1,264 @@
+"""The training loop every method shares.
+
+`Trainer(cfg, seed).fit()` trains one run: it seeds everything, builds the model through the
+method, runs the method's stages epoch by epoch, evaluates on `val` after each epoch, logs
+metrics, checkpoints atomically every epoch, keeps the checkpoint selected on `val`, and
+resumes from the last checkpoint when the run folder already has one. It never touches the
+test split: the harness evaluates `test` once, after training (`benchmarks.evaluation`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from benchmarks.data import dataset_info, load_split
+from benchmarks.engine import distributed
+from benchmarks.engine.batches import (
+    epoch_generator,
+    eval_batches,
+    num_train_batches,
+    train_batches,
+)
+from benchmarks.engine.checkpoint import (
+    build_from_checkpoint,
+    load_state,
+    load_weights,
+    save_state,
+    save_weights,
+)
+from benchmarks.engine.method import Method, Stage, StepContext, get_method
+from benchmarks.engine.optim import build_optimizer, build_scheduler
+from benchmarks.environment import environment_record
+from benchmarks.errors import TrainingDiverged
+from benchmarks.io import atomic_write_text
+from benchmarks.runs import RunFolder, single_seed_config
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # CUDA lacks deterministic kernels for a few ops: warn there instead of failing.
+        torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+        torch.backends.cudnn.benchmark = False
+
+
+def _finite(value: torch.Tensor | float) -> bool:
+    return bool(torch.isfinite(value).all()) if isinstance(value, torch.Tensor) else math.isfinite(value)
+
+
+class Trainer:
+    """Trains one run (one config, one seed) into its run folder."""
+
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        seed: int,
+        runs_root: str | os.PathLike | None = None,
+        data_root: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+        log=None,
+    ):
+        self.cfg = single_seed_config(cfg, seed)
+        self.seed = int(seed)
+        self.data_root = data_root
+        self.run = RunFolder.for_config(self.cfg, runs_root)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dist = distributed.context()
+        if self.dist.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.progress = progress and self.dist.is_main
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.method: Method = get_method(self.cfg["method"])(self.cfg)
+        self.info = dataset_info(self.cfg["dataset"]["name"])
+        train = self.cfg["train"]
+        self.use_amp = bool(train["amp"]) and self.device.type == "cuda"
+        self.channels_last = bool(train["channels_last"]) and self.device.type == "cuda"
+
+    # --- helpers -------------------------------------------------------------------------
+    def _to_device(self, images: torch.Tensor, targets: torch.Tensor):
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets.to(self.device, non_blocking=True)
+
+    def _autocast(self):
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _prepare_model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def evaluate(self, model: nn.Module, split_data) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        batches = (self._to_device(x, y) for x, y in eval_batches(split_data, self.cfg["train"]["eval_batch_size"]))
+        with torch.no_grad(), self._autocast():
+            metrics = self.method.evaluate(distributed.unwrap(model), batches)
+        model.train(was_training)
+        return metrics
+
+    def _write_log(self, history: list[dict[str, Any]]) -> None:
+        if not self.dist.is_main or not history:
+            return
+        columns = list(dict.fromkeys(k for row in history for k in row))
+        lines = [",".join(columns)]
+        for row in history:
+            lines.append(",".join("" if row.get(c) is None else f"{row[c]:.10g}" if isinstance(row.get(c), float) else str(row[c]) for c in columns))
+        atomic_write_text(self.run.metrics_log, "\n".join(lines) + "\n")
+
+    # --- the loop --------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train (or resume) the run; return the selection summary."""
+        seed_everything(self.seed, self.cfg["deterministic"])
+        if self.dist.is_main:
+            self.run.create(self.cfg, environment_record(self.device, amp=self.use_amp, channels_last=self.channels_last, world_size=self.dist.world_size))
+        distributed.barrier()
+        train_data = load_split(self.info.name, "train", self.data_root)
+        val_data = load_split(self.info.name, "val", self.data_root)
+        stages = self.method.stages()
+        state_path = self.run.checkpoint_dir / "last_state.pt"
+        last_path = self.run.checkpoint_dir / "last"
+        best_path = self.run.checkpoint_dir / "best"
+
+        history: list[dict[str, Any]] = []
+        best = {"metric": None, "epoch": None, "stage": None, "metrics": {}}
+        start_stage, start_epoch, resumed_state = 0, 0, None
+        if state_path.is_file():
+            resumed_state = load_state(state_path)
+            model, _ = build_from_checkpoint(last_path)
+            history = list(resumed_state["history"])
+            best = dict(resumed_state["best"])
+            start_stage, start_epoch = resumed_state["stage"], resumed_state["epoch"] + 1
+            if start_epoch >= stages[start_stage].epochs:
+                start_stage, start_epoch = start_stage + 1, 0
+            self.log(f"[{self.run.path.name}] resuming at stage {start_stage} epoch {start_epoch}")
+        else:
+            model = self.method.build_model(self.info)
+        select_key, select_mode = self.cfg["select"]["metric"], self.cfg["select"]["mode"]
+
+        for stage in stages[start_stage:]:
+            resuming_inside = resumed_state is not None and stage.index == start_stage and start_epoch > 0
+            if not resuming_inside:
+                model = self.method.start_stage(model, stage, self.info)
+            model = self._prepare_model(model)
+            ddp_model = distributed.wrap(model, self.device)
+            optimizer = build_optimizer(self.method.trainable_parameters(model, stage), stage.optimizer)
+            steps_per_epoch = num_train_batches(len(train_data), stage.batch_size, self.dist.world_size)
+            scheduler = build_scheduler(optimizer, stage.scheduler, steps_per_epoch, stage.epochs)
+            first_epoch = 0
+            if resuming_inside:
+                optimizer.load_state_dict(resumed_state["optimizer"])
+                scheduler.load_state_dict(resumed_state["scheduler"])
+                torch.set_rng_state(resumed_state["rng_cpu"])
+                if torch.cuda.is_available() and "rng_cuda" in resumed_state:
+                    torch.cuda.set_rng_state_all(list(resumed_state["rng_cuda"]))
+                first_epoch = start_epoch
+            for epoch in range(first_epoch, stage.epochs):
+                row = self._train_epoch(ddp_model, model, optimizer, scheduler, stage, epoch, steps_per_epoch, train_data, last_path)
+                val_metrics = self.evaluate(model, val_data)
+                row.update({f"val_{k}": v for k, v in val_metrics.items()})
+                history.append(row)
+                if stage.select:
+                    value = row.get(select_key)
+                    if value is None:
+                        from benchmarks.errors import ConfigError
+
+                        raise ConfigError(f"select.metric '{select_key}' is not logged; logged: {', '.join(row)}")
+                    improved = best["metric"] is None or (value > best["metric"] if select_mode == "max" else value < best["metric"])
+                    if improved:
+                        best = {"metric": value, "epoch": epoch + 1, "stage": stage.name, "metrics": dict(row)}
+                        if self.dist.is_main:
+                            save_weights(model, best_path, {"stage": stage.name, "epoch": epoch + 1, select_key: value})
+                if self.dist.is_main:
+                    save_weights(model, last_path, {"stage": stage.name, "epoch": epoch + 1})
+                    state = {
+                        "stage": stage.index,
+                        "epoch": epoch,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "rng_cpu": torch.get_rng_state(),
+                        "history": history,
+                        "best": best,
+                    }
+                    if torch.cuda.is_available():
+                        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+                    save_state(state, state_path)
+                    self._write_log(history)
+                self.log(
+                    f"[{self.run.path.name}] {stage.name} epoch {epoch + 1}/{stage.epochs}: "
+                    + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "lr")
+                )
+        if best["epoch"] is None:
+            # No stage selects (e.g. zero epochs): the final weights are the model.
+            save_weights(model, best_path, {"stage": stages[-1].name if stages else "", "epoch": None})
+        return {"run_dir": str(self.run.path), "selected": best}
+
+    def _train_epoch(self, ddp_model, model, optimizer, scheduler, stage: Stage, epoch: int, steps_per_epoch: int, train_data, last_path: Path) -> dict[str, Any]:
+        model.train()
+        generator = epoch_generator(self.seed, stage.index, epoch)
+        batches = train_batches(train_data, stage.batch_size, generator, stage.augment, (self.dist.rank, self.dist.world_size))
+        sums: dict[str, float] = {}
+        count = 0
+        started = time.perf_counter()
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False, disable=not self.progress or None, file=sys.stderr)
+        for step_in_epoch, (images, targets) in enumerate(bar):
+            images, targets = self._to_device(images, targets)
+            ctx = StepContext(stage, epoch, epoch * steps_per_epoch + step_in_epoch, steps_per_epoch * stage.epochs)
+            with self._autocast():
+                loss, logs = self.method.loss(ddp_model, images, targets, ctx)
+            loss_value = loss.detach()
+            if not _finite(loss_value):
+                raise TrainingDiverged(
+                    f"[{self.run.path.name}] the loss became {loss_value.item()} at stage '{stage.name}', "
+                    f"epoch {epoch + 1}, step {step_in_epoch + 1}; training stopped. The last good "
+                    f"checkpoint is kept at {last_path.with_suffix('.safetensors')} "
+                    f"(lower the learning rate, or check the data)."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if stage.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), stage.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            batch = len(targets)
+            for key, value in logs.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * batch
+            count += batch
+            if self.progress and step_in_epoch % 10 == 0:
+                bar.set_postfix(loss=f"{loss_value.item():.3f}")
+        row: dict[str, Any] = {"stage": stage.name, "epoch": epoch + 1}
+        row.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
+        row["lr"] = float(optimizer.param_groups[0]["lr"])
+        row["epoch_seconds"] = time.perf_counter() - started
+        return row
+
+
+def load_selected_model(run: RunFolder) -> nn.Module:
+    """The checkpoint selected on val (best.*), rebuilt from its architecture config."""
+    model, _ = build_from_checkpoint(run.checkpoint_dir / "best")
+    return model
+
+
+__all__ = ["Trainer", "load_selected_model", "load_weights", "seed_everything"]

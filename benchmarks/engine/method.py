@@ -1,0 +1,162 @@
+"""The method interface: what a training method plugs into the engine.
+
+A method provides its model builder, its loss and its stages; the engine owns the loop.
+`SupervisedMethod` (cross-entropy, one or more plain stages) is the default; D2NN, LC-Net and
+the pruning baselines subclass it and override what differs (an extra loss term, a stage that
+prunes the network before fine-tuning, a different validation metric).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from benchmarks.config import deep_merge
+from benchmarks.data import DatasetInfo
+from benchmarks.errors import ConfigError, UnknownNameError
+from benchmarks.registry import create_model
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage (pretrain, joint, prune, fine-tune, ...)."""
+
+    name: str
+    index: int
+    epochs: int
+    batch_size: int
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    augment: str = "none"
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0
+    select: bool = False  # the model is selected on val over this stage's epochs
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """Where the loop is; passed to the method's loss and hooks."""
+
+    stage: Stage
+    epoch: int  # 0-based within the stage
+    step: int  # 0-based within the stage
+    total_steps: int  # of the stage
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the stage done, in [0, 1] (schedules such as D2NN's epsilon use it)."""
+        return self.step / max(1, self.total_steps)
+
+
+class Method:
+    """Supervised training with cross-entropy. Subclass and override to add behaviour."""
+
+    name: ClassVar[str] = "supervised"
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+        self.args = dict(cfg.get("method_args", {}))
+
+    # --- model ---------------------------------------------------------------------------
+    def build_model(self, info: DatasetInfo) -> nn.Module:
+        kwargs = {"num_classes": info.num_classes, "in_chans": info.input_shape[0]}
+        kwargs.update(self.cfg["model"].get("kwargs", {}))
+        return create_model(self.cfg["model"]["name"], **kwargs)
+
+    # --- stages --------------------------------------------------------------------------
+    _STAGE_KEYS = {
+        "name", "epochs", "batch_size", "optimizer", "scheduler", "augment",
+        "label_smoothing", "grad_clip", "select", "args",
+    }
+
+    def stages(self) -> list[Stage]:
+        """The config's `stages` (each merged over `train`), or one stage named 'train'."""
+        train = self.cfg["train"]
+        declared = self.cfg.get("stages") or [{"name": "train"}]
+        where = self.cfg.get("source", "config")
+        stages = []
+        for index, raw in enumerate(declared):
+            unknown = set(raw) - self._STAGE_KEYS
+            if unknown:
+                raise ConfigError(
+                    f"{where}: stages[{index}] has unknown key '{sorted(unknown)[0]}'; "
+                    f"allowed: {', '.join(sorted(self._STAGE_KEYS))}"
+                )
+            merged = deep_merge({k: train[k] for k in self._STAGE_KEYS & set(train)}, raw)
+            epochs = merged.get("epochs", train["epochs"])
+            if not isinstance(epochs, int) or epochs < 0:
+                raise ConfigError(f"{where}: stages[{index}].epochs must be an integer >= 0")
+            stages.append(
+                Stage(
+                    name=raw["name"],
+                    index=index,
+                    epochs=epochs,
+                    batch_size=int(merged.get("batch_size", train["batch_size"])),
+                    optimizer=dict(merged.get("optimizer", train["optimizer"])),
+                    scheduler=dict(merged.get("scheduler", train["scheduler"])),
+                    augment=merged.get("augment", train["augment"]),
+                    label_smoothing=float(merged.get("label_smoothing", train["label_smoothing"])),
+                    grad_clip=float(merged.get("grad_clip", train["grad_clip"])),
+                    select=bool(raw.get("select", index == len(declared) - 1)),
+                    args=dict(raw.get("args", {})),
+                )
+            )
+        return stages
+
+    def start_stage(self, model: nn.Module, stage: Stage, info: DatasetInfo) -> nn.Module:
+        """Called once when a stage begins (not on resume inside it). May return a new model,
+        e.g. a physically pruned one; its `arch_config` must describe it for checkpoints."""
+        return model
+
+    def trainable_parameters(self, model: nn.Module, stage: Stage) -> Iterable[nn.Parameter]:
+        return (p for p in model.parameters() if p.requires_grad)
+
+    # --- loss and evaluation -----------------------------------------------------------------
+    def loss(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss of one batch and metrics to log (batch means)."""
+        logits = model(images)
+        loss = F.cross_entropy(logits, targets, label_smoothing=ctx.stage.label_smoothing)
+        correct = (logits.argmax(1) == targets).float().mean()
+        return loss, {"loss": loss.detach(), "accuracy": 100.0 * correct}
+
+    @torch.no_grad()
+    def evaluate(
+        self, model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    ) -> dict[str, float]:
+        """Metrics of the model on a split (eval mode is set by the caller)."""
+        total, correct, loss_sum = 0, 0, 0.0
+        for images, targets in batches:
+            logits = model(images)
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+            correct += (logits.argmax(1) == targets).sum().item()
+            total += len(targets)
+        if total == 0:
+            raise ConfigError("cannot evaluate on an empty split")
+        return {"accuracy": 100.0 * correct / total, "loss": loss_sum / total}
+
+
+_METHODS: dict[str, type[Method]] = {"supervised": Method}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available to configs by its `name`."""
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    from benchmarks.registry import _ensure_loaded
+
+    _ensure_loaded()  # model packages register their methods too
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise UnknownNameError("method", name, _METHODS) from None
