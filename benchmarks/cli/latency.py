@@ -1,0 +1,193 @@
+"""`dynbench latency MODEL`: measured latency, honestly (see docs/latency.md).
+
+Prints the summary table and writes, atomically, into --out:
+`latency_summary.csv` (one row per engine × batch size, environment record included),
+`raw/<model>__<engine>__b<batch>.csv` (every call's time, warm-up marked) and, with
+--baseline, `realization.csv` (speed-up over the static backbone ÷ MACs reduction).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from benchmarks.cli.options import data_root_option
+from benchmarks.errors import ConfigError
+from benchmarks.io import atomic_write_text, ensure_dir
+from benchmarks.latency import (
+    COMPILE_MODES,
+    DEFAULT_SAMPLE_COUNT,
+    DEFAULT_SAMPLE_SEED,
+    DTYPES,
+    LatencyConfig,
+    LatencyMeasurement,
+    format_table,
+    latency_sample_set,
+    measure_model,
+)
+
+DEFAULTS = LatencyConfig()
+
+
+def _int_list(value: str, option: str) -> tuple[int, ...]:
+    try:
+        items = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{option}: expected comma-separated integers, got '{value}'") from None
+    if not items or any(v < 1 for v in items):
+        raise ConfigError(f"{option}: expected positive integers, got '{value}'")
+    return items
+
+
+def _rows_csv(rows: Sequence[dict[str, Any]]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def raw_file_name(row: dict[str, Any]) -> str:
+    return f"{row['model']}__{row['engine']}__b{row['batch_size']}.csv"
+
+
+def write_measurements(
+    out: Path, measurements: Sequence[LatencyMeasurement], summary_name: str = "latency_summary.csv"
+) -> Path:
+    """Raw CSVs first, then the summary (each atomically): a summary names only files that exist."""
+    ensure_dir(out / "raw")
+    rows = []
+    for m in measurements:
+        name = raw_file_name(m.row)
+        atomic_write_text(out / "raw" / name, _rows_csv(m.raw_rows()))
+        rows.append({**m.row, "raw_file": f"raw/{name}"})
+    return atomic_write_text(out / summary_name, _rows_csv(rows))
+
+
+def _build(model_name: str, weights: str | None):
+    from benchmarks.registry import create_model
+
+    model = create_model(model_name)
+    if weights:
+        from benchmarks.engine.checkpoint import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
+@click.command("latency")
+@click.argument("model_name", metavar="MODEL")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--batch", "batch", default=",".join(map(str, DEFAULTS.batch_sizes)),
+              show_default=True, help="Comma-separated batch sizes.")
+@click.option("--engine", "engines", multiple=True, type=click.Choice(["masked", "sparse"]),
+              help="Engine(s) of a dynamic model (repeatable; default: both).")
+@click.option("--dataset", default=None,
+              help="Dataset whose test split supplies the inputs (default: the model's first).")
+@click.option("--input-shape", default=None,
+              help="Fit the images to C,H,W (bilinear resize, grey->RGB); recorded in every row.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Weights (.safetensors) to load; routing of a dynamic model depends on them.")
+@click.option("--threads", type=int, default=DEFAULTS.threads, show_default=True,
+              help="torch intra-op threads, pinned for the measurement.")
+@click.option("--repeats", type=int, default=DEFAULTS.repeats, show_default=True,
+              help="Minimum timed calls per batch size (rounded up to whole sample-set cycles).")
+@click.option("--warmup-s", type=float, default=DEFAULTS.warmup_s, show_default=True,
+              help="Minimum warm-up time per batch size.")
+@click.option("--warmup-iters", type=int, default=DEFAULTS.warmup_iters, show_default=True,
+              help="Minimum warm-up calls per batch size.")
+@click.option("--min-time-s", type=float, default=DEFAULTS.min_time_s, show_default=True,
+              help="Minimum timed duration per batch size.")
+@click.option("--samples", type=int, default=DEFAULT_SAMPLE_COUNT, show_default=True,
+              help="Size of the latency sample set.")
+@click.option("--seed", type=int, default=DEFAULT_SAMPLE_SEED, show_default=True,
+              help="Seed that chooses the latency sample set.")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default=DEFAULTS.dtype, show_default=True)
+@click.option("--channels-last", is_flag=True, help="Run in channels_last memory format.")
+@click.option("--compile", "compile_mode", type=click.Choice(list(COMPILE_MODES)), default=None,
+              help="torch.compile the model with this mode.")
+@click.option("--baseline", default=None,
+              help="Static backbone model id: also time it and report the realization ratio.")
+@click.option("--baseline-weights", type=click.Path(dir_okay=False), default=None)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: results/latency/MODEL-DEVICE).")
+@data_root_option
+def latency(
+    model_name: str,
+    device: str,
+    batch: str,
+    engines: tuple[str, ...],
+    dataset: str | None,
+    input_shape: str | None,
+    weights: str | None,
+    threads: int,
+    repeats: int,
+    warmup_s: float,
+    warmup_iters: int,
+    min_time_s: float,
+    samples: int,
+    seed: int,
+    dtype: str,
+    channels_last: bool,
+    compile_mode: str | None,
+    baseline: str | None,
+    baseline_weights: str | None,
+    out: str | None,
+    data_root: str | None,
+) -> None:
+    """Measure the latency of MODEL on real test images.
+
+    Times every batch size (and, for a dynamic model, each engine) on a fixed, seeded, hashed
+    set of test-split images issued round-robin, so every image is timed equally often.
+    """
+    from benchmarks.registry import get_model_spec
+
+    spec = get_model_spec(model_name)
+    config = LatencyConfig(
+        device=device,
+        batch_sizes=_int_list(batch, "--batch"),
+        threads=threads,
+        repeats=repeats,
+        warmup_iters=warmup_iters,
+        warmup_s=warmup_s,
+        min_time_s=min_time_s,
+        dtype=dtype,
+        channels_last=channels_last,
+        compile_mode=compile_mode,
+    )
+    if dataset is None:
+        if not spec.datasets:
+            raise ConfigError(f"model '{model_name}' names no dataset; pass --dataset")
+        dataset = spec.datasets[0]
+    shape = _int_list(input_shape, "--input-shape") if input_shape else None
+    sample_set = latency_sample_set(
+        dataset, count=samples, seed=seed, data_root=data_root, input_shape=shape
+    )
+    out_dir = Path(out) if out else Path("results") / "latency" / f"{model_name}-{device.replace(':', '')}"
+    ensure_dir(out_dir)  # fail on an unwritable folder before minutes of measurement
+
+    model = _build(model_name, weights)
+    click.echo(
+        f"{model_name}: {len(sample_set)} test images of {dataset} "
+        f"(seed {seed}, sha256 {sample_set.sha256[:12]}), device {device}, "
+        f"threads {config.threads}",
+        err=True,
+    )
+    measurements = measure_model(
+        model, sample_set, model_name, config, engines=engines or None, progress=None
+    )
+    summary = write_measurements(out_dir, measurements)
+    rows = [m.row for m in measurements]
+
+    click.echo(format_table(rows))
+    click.echo(f"summary: {summary}", err=True)
+    click.echo(f"raw timings: {out_dir / 'raw'}", err=True)
+

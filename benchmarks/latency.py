@@ -1,0 +1,722 @@
+"""Honest latency measurement (DESIGN §4).
+
+    from benchmarks.latency import LatencyConfig, latency_sample_set, measure_model
+
+    samples = latency_sample_set("digits")                 # 256 seeded test images, hashed
+    results = measure_model(model, samples, "digits_cnn", LatencyConfig(batch_sizes=(1, 64)))
+    rows = [r.row for r in results]                        # one summary row per (engine, batch)
+
+What "honest" means here:
+
+* Inputs are real: a fixed, seeded subset of the dataset's *test* split (never `torch.randn`,
+  whose content would make a dynamic model skip an arbitrary amount of work). The sha256 of
+  the chosen indices is in every row, so two rows with the same hash timed the same images.
+* Every sample is timed equally often: batches are consecutive slices of the sample set taken
+  round-robin, and the timed phase always covers whole periods of that cycle. A dynamic model's
+  cost depends on content, so unequal issuing would bias its latency.
+* The clock is read around a *synchronized* call: `time.perf_counter_ns` on CPU, CUDA events
+  (after which the host waits for the end event) on GPU. Warm-up runs until both a minimum
+  number of calls and a minimum time have passed. Calls run under `torch.inference_mode()` with
+  the model in eval mode, torch's intra-op threads pinned, and Python's garbage collector
+  paused while timing.
+* Raw per-call timings are kept; summaries are p50/p90/p99, mean and std of those timings.
+  The median is the headline: it is robust to the interference of other processes.
+* Every row carries the environment record (`benchmarks.environment`) and its hash.
+
+The realization ratio (`realization_ratio`) compares a dynamic model with its static backbone:
+measured speed-up divided by MACs reduction; 1.0 means every skipped MAC saved its share of
+time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from benchmarks.data.manifest import index_list_sha256
+from benchmarks.environment import environment_hash, environment_record
+from benchmarks.errors import ConfigError, DynbenchError
+
+try:  # the shared execution contract; being written alongside this module
+    from benchmarks import routing as _routing
+except ImportError:  # pragma: no cover - only until benchmarks/routing.py lands
+    _routing = None
+
+DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 8, 64, 256)
+DEFAULT_SAMPLE_COUNT = 256
+DEFAULT_SAMPLE_SEED = 0
+#: engine label of models without routing primitives (static and pruned models)
+STATIC_ENGINE = "none"
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PERCENTILES = (50, 90, 99)
+
+Clock = Callable[[], int]
+"""A monotonic clock returning nanoseconds (`time.perf_counter_ns`, or a fake one in tests)."""
+
+
+# --------------------------------------------------------------------------------------------
+# The latency sample set
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class LatencySampleSet:
+    """A fixed, seeded subset of a test split, in the order it is issued.
+
+    `indices` are positions in the split; `images[i]` is the split's image `indices[i]`
+    (after `input_transform`, if any). `sha256` is `index_list_sha256(indices)`, the same
+    digest the split manifests use, so the set is identified by a short, recomputable hash.
+    """
+
+    dataset: str
+    split: str
+    seed: int
+    indices: tuple[int, ...]
+    images: torch.Tensor
+    sha256: str
+    input_transform: str = ""
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    def describe(self) -> dict[str, Any]:
+        """The columns that identify the sample set in a latency row."""
+        return {
+            "dataset": self.dataset,
+            "split": self.split,
+            "sample_set_size": len(self),
+            "sample_set_seed": self.seed,
+            "sample_set_sha256": self.sha256,
+            "input_shape": "x".join(str(s) for s in self.input_shape),
+            "input_transform": self.input_transform,
+        }
+
+
+def choose_sample_indices(available: int, count: int, seed: int) -> list[int]:
+    """`count` distinct positions out of `available`, in a seeded random order.
+
+    The order is kept (not sorted) so that consecutive batches mix classes.
+    """
+    if count < 1:
+        raise ConfigError(f"latency sample set: count must be >= 1, got {count}")
+    if count > available:
+        raise ConfigError(
+            f"latency sample set: asked for {count} samples but the split has only {available}"
+        )
+    rng = np.random.default_rng(seed)
+    return [int(i) for i in rng.choice(available, size=count, replace=False)]
+
+
+def sample_set_from_images(
+    images: torch.Tensor,
+    dataset: str,
+    *,
+    split: str = "test",
+    count: int = DEFAULT_SAMPLE_COUNT,
+    seed: int = DEFAULT_SAMPLE_SEED,
+    input_shape: Sequence[int] | None = None,
+) -> LatencySampleSet:
+    """Build the sample set from a split's image tensor (N×C×H×W)."""
+    if images.ndim != 4:
+        raise ConfigError(
+            f"dataset '{dataset}' split '{split}': expected images N×C×H×W, "
+            f"got shape {tuple(images.shape)}"
+        )
+    indices = choose_sample_indices(len(images), count, seed)
+    chosen = images[torch.as_tensor(indices)].float().contiguous()
+    transform = ""
+    if input_shape is not None and tuple(input_shape) != tuple(chosen.shape[1:]):
+        chosen, transform = fit_to_shape(chosen, tuple(input_shape))
+    return LatencySampleSet(
+        dataset=dataset,
+        split=split,
+        seed=seed,
+        indices=tuple(indices),
+        images=chosen,
+        sha256=index_list_sha256(indices),
+        input_transform=transform,
+    )
+
+
+def latency_sample_set(
+    dataset: str,
+    *,
+    count: int = DEFAULT_SAMPLE_COUNT,
+    seed: int = DEFAULT_SAMPLE_SEED,
+    data_root: str | os.PathLike | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> LatencySampleSet:
+    """The latency sample set of `dataset`: `count` seeded images of its verified test split."""
+    from benchmarks.data import load_split
+
+    split = load_split(dataset, "test", data_root=data_root)
+    return sample_set_from_images(
+        split.images, dataset, split="test", count=count, seed=seed, input_shape=input_shape
+    )
+
+
+def fit_to_shape(images: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, str]:
+    """Resize N×C×H×W images to `shape` (C, H, W): bilinear resize, grey -> RGB by repetition.
+
+    For timing a model on real images of another resolution when its own dataset is not on
+    disk. The transform is recorded in every row (`input_transform`), so such rows are never
+    mistaken for measurements on the model's own data.
+    """
+    if len(shape) != 3 or any(int(s) < 1 for s in shape):
+        raise ConfigError(f"input shape must be three positive sizes C,H,W, got {shape}")
+    c_in, h_in, w_in = images.shape[1:]
+    c_out, h_out, w_out = (int(s) for s in shape)
+    if c_in != c_out and c_in != 1:
+        raise ConfigError(
+            f"cannot fit images with {c_in} channels to {c_out}: only 1-channel images are "
+            f"repeated to more channels"
+        )
+    out = images
+    if (h_in, w_in) != (h_out, w_out):
+        out = F.interpolate(out, size=(h_out, w_out), mode="bilinear", align_corners=False)
+    if c_in != c_out:
+        out = out.repeat(1, c_out, 1, 1)
+    described = (
+        f"{c_in}x{h_in}x{w_in}->{c_out}x{h_out}x{w_out} "
+        f"(bilinear resize{', channel repeat' if c_in != c_out else ''})"
+    )
+    return out.contiguous(), described
+
+
+# --------------------------------------------------------------------------------------------
+# Issuing: round-robin batches, whole periods
+# --------------------------------------------------------------------------------------------
+
+
+def issue_period(set_size: int, batch_size: int) -> int:
+    """Calls after which every sample has been issued equally often: n / gcd(n, b)."""
+    if set_size < 1 or batch_size < 1:
+        raise ConfigError(
+            f"sample set size and batch size must be >= 1, got {set_size} and {batch_size}"
+        )
+    return set_size // math.gcd(set_size, batch_size)
+
+
+def batch_positions(set_size: int, batch_size: int, call: int) -> list[int]:
+    """Sample-set positions of call number `call`: the next `batch_size` of the cycle."""
+    start = (call * batch_size) % set_size
+    return [(start + j) % set_size for j in range(batch_size)]
+
+
+def round_robin_batches(images: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """One period of batches. Slices that do not wrap are views (no copy, no gather)."""
+    n = len(images)
+    batches = []
+    for call in range(issue_period(n, batch_size)):
+        start = (call * batch_size) % n
+        if start + batch_size <= n:
+            batches.append(images[start : start + batch_size])
+        else:
+            positions = torch.as_tensor(batch_positions(n, batch_size, call))
+            batches.append(images[positions].contiguous(memory_format=_memory_format(images)))
+    return batches
+
+
+def timed_call_count(period: int, repeats: int) -> int:
+    """At least `repeats` timed calls, rounded up to whole periods (so issuing stays equal)."""
+    return max(1, math.ceil(max(repeats, 1) / period)) * period
+
+
+def _memory_format(images: torch.Tensor) -> torch.memory_format:
+    if images.ndim == 4 and images.is_contiguous(memory_format=torch.channels_last) and not (
+        images.is_contiguous()
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+# --------------------------------------------------------------------------------------------
+# Timing loop
+# --------------------------------------------------------------------------------------------
+
+
+def _no_sync() -> None:
+    return None
+
+
+def wall_timer(
+    clock: Clock = time.perf_counter_ns, synchronize: Callable[[], None] = _no_sync
+) -> Callable[[Callable[[], Any]], int]:
+    """Time one call with `clock`, synchronizing inside the timed region."""
+
+    def time_call(call: Callable[[], Any]) -> int:
+        start = clock()
+        call()
+        synchronize()
+        return clock() - start
+
+    return time_call
+
+
+def cuda_event_timer(device: torch.device) -> Callable[[Callable[[], Any]], int]:
+    """Time one call with CUDA events on `device`'s current stream; waits for the end event."""
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+
+    def time_call(call: Callable[[], Any]) -> int:
+        with torch.cuda.device(device):
+            start.record()
+            call()
+            end.record()
+            end.synchronize()
+            return round(start.elapsed_time(end) * 1e6)  # ms -> ns
+
+    return time_call
+
+
+@dataclass
+class RawTimings:
+    """What the timing loop saw: every call, warm-up included, in issue order."""
+
+    batch_size: int
+    set_size: int
+    period: int
+    warmup_ns: list[int] = field(default_factory=list)
+    warmup_elapsed_ns: int = 0
+    timed_ns: list[int] = field(default_factory=list)
+    #: how many times each sample-set position was issued in the timed phase
+    issues: list[int] = field(default_factory=list)
+
+    @property
+    def warmup_calls(self) -> int:
+        return len(self.warmup_ns)
+
+    def first_positions(self) -> list[int]:
+        """Sample-set position of each timed call's first sample."""
+        return [(c * self.batch_size) % self.set_size for c in range(len(self.timed_ns))]
+
+
+def time_calls(
+    fn: Callable[[torch.Tensor], Any],
+    batches: Sequence[torch.Tensor],
+    *,
+    batch_size: int,
+    set_size: int,
+    repeats: int,
+    warmup_iters: int,
+    warmup_s: float,
+    min_time_s: float = 0.0,
+    clock: Clock = time.perf_counter_ns,
+    synchronize: Callable[[], None] = _no_sync,
+    timer: Callable[[Callable[[], Any]], int] | None = None,
+    progress: bool | None = False,
+    desc: str = "",
+) -> RawTimings:
+    """Warm up, then time whole periods of round-robin `batches` through `fn`.
+
+    Warm-up issues batches until at least `warmup_iters` calls AND `warmup_s` seconds (on
+    `clock`, synchronized) have passed. The timed phase starts again at the first batch and
+    runs whole periods until at least `repeats` calls and `min_time_s` seconds are done.
+    `timer` times one call (default: `clock` around the call and `synchronize`).
+    """
+    period = len(batches)
+    if period != issue_period(set_size, batch_size):
+        raise ValueError(f"expected one period ({issue_period(set_size, batch_size)}) of batches")
+    if repeats < 1 or warmup_iters < 0 or warmup_s < 0 or min_time_s < 0:
+        raise ConfigError(
+            f"repeats must be >= 1 and warm-up/min time >= 0 "
+            f"(got repeats={repeats}, warmup_iters={warmup_iters}, warmup_s={warmup_s}, "
+            f"min_time_s={min_time_s})"
+        )
+    time_call = timer or wall_timer(clock, synchronize)
+    raw = RawTimings(batch_size=batch_size, set_size=set_size, period=period)
+
+    # Warm-up: by count and by time, both.
+    warmup_goal_ns = round(warmup_s * 1e9)
+    start = clock()
+    call = 0
+    while call < warmup_iters or clock() - start < warmup_goal_ns:
+        batch = batches[call % period]
+        raw.warmup_ns.append(time_call(lambda b=batch: fn(b)))
+        call += 1
+    raw.warmup_elapsed_ns = clock() - start
+
+    # Timed phase: whole periods only.
+    planned = timed_call_count(period, repeats)
+    min_time_ns = round(min_time_s * 1e9)
+    bar = _progress_bar(planned, progress, desc)
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        start = clock()
+        call = 0
+        while call < planned:
+            batch = batches[call % period]
+            raw.timed_ns.append(time_call(lambda b=batch: fn(b)))
+            call += 1
+            if call == planned and clock() - start < min_time_ns:
+                planned += period  # keep going, one whole period at a time
+                if bar is not None:
+                    bar.total = planned
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        if bar is not None:
+            bar.close()
+    issues = [0] * set_size
+    for c in range(len(raw.timed_ns)):
+        for position in batch_positions(set_size, batch_size, c):
+            issues[position] += 1
+    raw.issues = issues
+    return raw
+
+
+def _progress_bar(total: int, progress: bool | None, desc: str):
+    if progress is False:
+        return None
+    from tqdm.auto import tqdm
+
+    # progress=None: show the bar only on a terminal (tqdm's disable=None rule)
+    disable = None if progress is None else False
+    return tqdm(total=total, desc=desc, unit="call", leave=False, disable=disable)
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+def summarize_times(times_ns: Sequence[int]) -> dict[str, float]:
+    """count, mean, std (sample, ddof=1; 0 for one call), min, max, p50/p90/p99, in ms.
+
+    Percentiles interpolate linearly between order statistics (numpy's default, Hyndman &
+    Fan type 7), so p50 of an even count is the mean of the two middle values.
+    """
+    if len(times_ns) == 0:
+        raise ValueError("no timings to summarize")
+    ms = np.asarray(times_ns, dtype=np.float64) / 1e6
+    summary = {
+        "count": int(ms.size),
+        "mean_ms": float(ms.mean()),
+        "std_ms": float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+    }
+    for q, value in zip(PERCENTILES, np.percentile(ms, PERCENTILES), strict=True):
+        summary[f"p{q}_ms"] = float(value)
+    return summary
+
+
+def realization_ratio(
+    dynamic: Mapping[str, Any],
+    static: Mapping[str, Any],
+    dynamic_macs: float,
+    static_macs: float,
+    statistic: str = "p50_ms",
+) -> dict[str, float]:
+    """Measured speed-up of `dynamic` over `static` divided by their MACs reduction.
+
+    `dynamic` and `static` are latency summaries (rows of `measure_model` or
+    `summarize_times`) at the same batch size; `dynamic_macs` is the dynamic model's mean
+    executed MACs per sample (controller included) and `static_macs` the backbone's. 1.0 means
+    time fell exactly in proportion to MACs; below 1.0, skipped MACs saved less than their share
+    (routing overhead, smaller kernels running less efficiently); above 1.0, more.
+    """
+    for name, value in (("dynamic_macs", dynamic_macs), ("static_macs", static_macs)):
+        if not value > 0 or not math.isfinite(value):
+            raise ValueError(f"{name} must be a positive finite number, got {value}")
+    for name, summary in (("dynamic", dynamic), ("static", static)):
+        value = summary.get(statistic)
+        if value is None or not value > 0:
+            raise ValueError(f"{name} latency summary has no positive '{statistic}': {value}")
+    if dynamic.get("batch_size") != static.get("batch_size"):
+        raise ValueError(
+            f"latency summaries are at different batch sizes "
+            f"({dynamic.get('batch_size')} and {static.get('batch_size')})"
+        )
+    speedup = static[statistic] / dynamic[statistic]
+    macs_reduction = static_macs / dynamic_macs
+    return {
+        "speedup": speedup,
+        "macs_reduction": macs_reduction,
+        "realization_ratio": speedup / macs_reduction,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring a model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How to measure. Defaults are tuned to give a repeatable median on a busy 2-core CPU.
+
+    `threads` pins torch's intra-op threads (None keeps torch's current setting, which is
+    then recorded). `repeats` is the minimum number of timed calls, rounded up to whole
+    issue periods (at batch 1 over 256 samples, that is 256 calls). Timing continues by whole
+    periods until `min_time_s` has also passed.
+    """
+
+    device: str = "cpu"
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    threads: int | None = 1
+    repeats: int = 50
+    warmup_iters: int = 10
+    warmup_s: float = 1.0
+    min_time_s: float = 2.0
+    dtype: str = "float32"
+    channels_last: bool = False
+    compile_mode: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+            raise ConfigError(f"batch sizes must be positive integers, got {self.batch_sizes}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(
+                f"compile mode must be one of {', '.join(COMPILE_MODES)}, got '{self.compile_mode}'"
+            )
+        if self.repeats < 1:
+            raise ConfigError(f"repeats must be >= 1, got {self.repeats}")
+        if self.warmup_iters < 0 or self.warmup_s < 0 or self.min_time_s < 0:
+            raise ConfigError("warm-up count, warm-up time and minimum time must be >= 0")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ConfigError(f"invalid device '{self.device}': {exc}") from None
+        if device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be cpu or cuda, got '{self.device}'")
+
+
+@dataclass
+class LatencyMeasurement:
+    """One (model, engine, batch size) measurement: its summary row and raw timings."""
+
+    row: dict[str, Any]
+    raw: RawTimings
+
+    def raw_rows(self) -> list[dict[str, Any]]:
+        """The raw timings as tidy rows (warm-up calls included, marked as such)."""
+        keys = {k: self.row[k] for k in ("model", "engine", "device", "batch_size")}
+        keys["sample_set_sha256"] = self.row["sample_set_sha256"]
+        keys["environment_hash"] = self.row["environment_hash"]
+        n, b = self.raw.set_size, self.raw.batch_size
+        rows = [
+            {**keys, "phase": "warmup", "call": i, "first_sample": (i * b) % n, "time_ns": t}
+            for i, t in enumerate(self.raw.warmup_ns)
+        ]
+        rows += [
+            {**keys, "phase": "timed", "call": i, "first_sample": (i * b) % n, "time_ns": t}
+            for i, t in enumerate(self.raw.timed_ns)
+        ]
+        return rows
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int | None) -> Iterator[int]:
+    """Pin torch's intra-op thread count for the block; yield the count in force."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def is_dynamic(model: nn.Module) -> bool:
+    """True when the model routes through benchmarks.routing primitives."""
+    if _routing is None:
+        return False
+    return any(isinstance(m, _routing.DynamicModule) for m in model.modules())
+
+
+def model_engines(model: nn.Module, engines: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Engines to time: both (or those asked for) for dynamic models, 'none' for static ones."""
+    if not is_dynamic(model):
+        return (STATIC_ENGINE,)
+    known = tuple(_routing.ENGINES)
+    chosen = tuple(engines) if engines else known
+    for engine in chosen:
+        if engine not in known:
+            raise ConfigError(f"unknown engine '{engine}'; expected one of {', '.join(known)}")
+    return chosen
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return _no_sync
+
+
+def prepare_model(model: nn.Module, engine: str, config: LatencyConfig) -> Callable:
+    """Eval mode, device, dtype, memory format, engine, then (optionally) torch.compile."""
+    device = torch.device(config.device)
+    model.eval()
+    if engine != STATIC_ENGINE:
+        _routing.set_engine(model, engine)
+    model.to(device=device, dtype=DTYPES[config.dtype])
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.compile_mode is not None:
+        return torch.compile(model, mode=config.compile_mode)
+    return model
+
+
+def measure_model(
+    model: nn.Module,
+    samples: LatencySampleSet,
+    model_name: str,
+    config: LatencyConfig = LatencyConfig(),
+    *,
+    engines: Sequence[str] | None = None,
+    clock: Clock = time.perf_counter_ns,
+    synchronize: Callable[[], None] | None = None,
+    progress: bool | None = False,
+    extra: Mapping[str, Any] | None = None,
+) -> list[LatencyMeasurement]:
+    """Time `model` on `samples` at every batch size of `config`, for each engine.
+
+    Static models are timed once per batch size (engine 'none'); dynamic ones in both
+    engines unless `engines` narrows it. `clock` and `synchronize` are injectable for tests;
+    on CUDA the per-call time comes from CUDA events. `extra` columns are added to every row.
+    """
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DynbenchError("device 'cuda' was asked for, but torch sees no CUDA device")
+    sync = synchronize or _synchronizer(device)
+    inputs = samples.images.to(device=device, dtype=DTYPES[config.dtype])
+    if config.channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    results: list[LatencyMeasurement] = []
+    with pinned_threads(config.threads) as threads:
+        env = environment_record(
+            device,
+            dtype=config.dtype,
+            channels_last=config.channels_last,
+            compile_mode=config.compile_mode,
+            threads=threads,
+        )
+        env_hash = environment_hash(env)
+        for engine in model_engines(model, engines):
+            runnable = prepare_model(model, engine, config)
+            for batch_size in config.batch_sizes:
+                batches = round_robin_batches(inputs, int(batch_size))
+                timer = cuda_event_timer(device) if device.type == "cuda" and synchronize is None else None
+                with torch.inference_mode():
+                    _check_runs(runnable, batches[0], model_name, samples)
+                    raw = time_calls(
+                        runnable,
+                        batches,
+                        batch_size=int(batch_size),
+                        set_size=len(samples),
+                        repeats=config.repeats,
+                        warmup_iters=config.warmup_iters,
+                        warmup_s=config.warmup_s,
+                        min_time_s=config.min_time_s,
+                        clock=clock,
+                        synchronize=sync,
+                        timer=timer,
+                        progress=progress,
+                        desc=f"{model_name} {engine} b{batch_size}",
+                    )
+                row = _summary_row(model_name, engine, config, samples, raw, threads, env, env_hash)
+                if extra:
+                    row.update(extra)
+                results.append(LatencyMeasurement(row=row, raw=raw))
+    return results
+
+
+def _check_runs(fn: Callable, batch: torch.Tensor, model_name: str, samples: LatencySampleSet) -> None:
+    """Fail with a clear message (not a stack of conv errors) when the inputs do not fit."""
+    try:
+        fn(batch)
+    except (RuntimeError, ValueError) as exc:
+        raise DynbenchError(
+            f"model '{model_name}' failed on latency inputs of shape "
+            f"{'x'.join(map(str, samples.input_shape))} from dataset '{samples.dataset}': "
+            f"{str(exc).splitlines()[0]}. Use the model's dataset (--dataset) or fit the "
+            f"images to its input with --input-shape C,H,W."
+        ) from exc
+
+
+def _summary_row(
+    model_name: str,
+    engine: str,
+    config: LatencyConfig,
+    samples: LatencySampleSet,
+    raw: RawTimings,
+    threads: int,
+    env: dict[str, Any],
+    env_hash: str,
+) -> dict[str, Any]:
+    stats = summarize_times(raw.timed_ns)
+    issues = set(raw.issues)
+    if len(issues) != 1:  # cannot happen with whole periods; a row must never hide it
+        raise AssertionError(f"unequal issuing of latency samples: counts {sorted(issues)}")
+    b = raw.batch_size
+    row: dict[str, Any] = {
+        "model": model_name,
+        "engine": engine,
+        "device": config.device,
+        "batch_size": b,
+        "dtype": config.dtype,
+        "channels_last": config.channels_last,
+        "compile_mode": config.compile_mode or "",
+        "threads": threads,
+        **samples.describe(),
+        "warmup_calls": raw.warmup_calls,
+        "warmup_s": raw.warmup_elapsed_ns / 1e9,
+        "timed_calls": len(raw.timed_ns),
+        "issues_per_sample": issues.pop(),
+        **stats,
+        "per_sample_p50_ms": stats["p50_ms"] / b,
+        "per_sample_mean_ms": stats["mean_ms"] / b,
+        "throughput_sps": 1e3 * b / stats["mean_ms"],
+        "environment_hash": env_hash,
+    }
+    row.update({f"env_{k}": v for k, v in env.items()})
+    return row
+
+
+SUMMARY_COLUMNS = (
+    "model", "engine", "device", "batch_size", "count", "p50_ms", "p90_ms", "p99_ms",
+    "mean_ms", "std_ms", "per_sample_p50_ms", "throughput_sps",
+)
+"""The columns of the printed summary table (the CSV keeps every column)."""
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = SUMMARY_COLUMNS) -> str:
+    """A plain fixed-width text table of `rows`."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+        return str(value)
+
+    cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)) for line in cells]
+    return "\n".join(lines)

@@ -1,0 +1,379 @@
+"""benchmarks.latency: statistics, warm-up and issuing on a fake clock; the sample set; the CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from benchmarks import latency as lat
+from benchmarks.data import load_split
+from benchmarks.data.manifest import index_list_sha256
+from benchmarks.errors import ConfigError, DynbenchError
+
+
+class FakeClock:
+    """A nanosecond clock that only moves when told to (by the fake model or synchronize)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.syncs = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, ns: int) -> None:
+        self.now += ns
+
+    def synchronize(self, cost_ns: int = 0):
+        def sync() -> None:
+            self.syncs += 1
+            self.now += cost_ns
+
+        return sync
+
+
+class Recorder:
+    """A 'model' that costs a scripted time per call and records which samples it saw.
+
+    Sample-set images carry their position as their value, so a batch names its samples.
+    """
+
+    def __init__(self, clock: FakeClock, durations_ns) -> None:
+        self.clock, self.durations = clock, durations_ns
+        self.calls: list[list[int]] = []
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.clock.advance(self.durations(len(self.calls)))
+        self.calls.append([int(v) for v in batch.flatten(1)[:, 0]])
+        return batch
+
+
+def positions_images(n: int) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
+
+
+# --- statistics -----------------------------------------------------------------------------
+
+
+def test_summary_statistics_match_hand_computed_values():
+    times_ns = [i * 1_000_000 for i in range(100, 0, -1)]  # 1..100 ms, in reverse order
+    s = lat.summarize_times(times_ns)
+    assert s["count"] == 100
+    assert s["mean_ms"] == pytest.approx(50.5)
+    assert s["p50_ms"] == pytest.approx(50.5)  # mean of the two middle values
+    assert s["p90_ms"] == pytest.approx(90.1)  # rank 0.9 * 99 = 89.1 -> 90 + 0.1
+    assert s["p99_ms"] == pytest.approx(99.01)
+    assert s["std_ms"] == pytest.approx(math.sqrt(100 * 101 / 12))  # sample std of 1..n
+    assert (s["min_ms"], s["max_ms"]) == (1.0, 100.0)
+
+
+def test_summary_of_one_call_and_of_none():
+    s = lat.summarize_times([2_500_000])
+    assert s["p50_ms"] == s["p99_ms"] == s["mean_ms"] == 2.5 and s["std_ms"] == 0.0
+    with pytest.raises(ValueError):
+        lat.summarize_times([])
+
+
+def test_median_ignores_a_few_interrupted_calls():
+    times = [10_000_000] * 95 + [900_000_000] * 5  # 5% of calls hit by another process
+    s = lat.summarize_times(times)
+    assert s["p50_ms"] == 10.0 and s["mean_ms"] > 50
+
+
+# --- the timing loop on a fake clock --------------------------------------------------------
+
+
+def run_loop(clock, model, n=8, b=1, **kwargs):
+    images = positions_images(n)
+    defaults = dict(repeats=1, warmup_iters=0, warmup_s=0.0, min_time_s=0.0)
+    return lat.time_calls(
+        model,
+        lat.round_robin_batches(images, b),
+        batch_size=b,
+        set_size=n,
+        clock=clock,
+        synchronize=kwargs.pop("synchronize", clock.synchronize()),
+        **{**defaults, **kwargs},
+    )
+
+
+def test_timed_values_are_the_model_costs_and_include_synchronize():
+    clock = FakeClock()
+    model = Recorder(clock, lambda i: 1_000_000 * (i + 1))
+    raw = run_loop(clock, model, n=4, b=1, repeats=4, synchronize=clock.synchronize(7))
+    # no warm-up asked for: the timed calls are the model's calls 0..3, plus the sync cost
+    assert raw.timed_ns == [1_000_007, 2_000_007, 3_000_007, 4_000_007]
+    assert clock.syncs == 4  # one synchronize per timed call, inside the timed region
+
+
+def test_warmup_runs_until_both_count_and_time_are_reached():
+    clock = FakeClock()
+    model = Recorder(clock, lambda i: 1_000_000)  # 1 ms a call
+    # time dominates: 10 ms needs 10 calls, more than the 3 asked for
+    raw = run_loop(clock, model, warmup_iters=3, warmup_s=0.010)
+    assert raw.warmup_calls == 10 and raw.warmup_elapsed_ns == 10_000_000
+    # count dominates: 20 calls take 20 ms, more than the 5 ms asked for
+    clock2 = FakeClock()
+    raw2 = run_loop(clock2, Recorder(clock2, lambda i: 1_000_000), warmup_iters=20, warmup_s=0.005)
+    assert raw2.warmup_calls == 20 and raw2.warmup_elapsed_ns == 20_000_000
+    # warm-up timings are kept apart from the timed ones
+    assert len(raw2.timed_ns) == 8 and len(raw2.warmup_ns) == 20
+
+
+def test_slow_first_call_only_lands_in_warmup():
+    clock = FakeClock()
+    model = Recorder(clock, lambda i: 500_000_000 if i == 0 else 2_000_000)
+    raw = run_loop(clock, model, n=4, repeats=4, warmup_iters=1)
+    assert raw.warmup_ns == [500_000_000]
+    assert set(raw.timed_ns) == {2_000_000}
+
+
+@pytest.mark.parametrize("n,b,repeats", [(8, 3, 5), (8, 1, 3), (6, 4, 1), (5, 8, 2), (256, 64, 50)])
+def test_every_sample_is_timed_equally_often(n, b, repeats):
+    clock = FakeClock()
+    model = Recorder(clock, lambda i: 1000)
+    raw = run_loop(clock, model, n=n, b=b, repeats=repeats, warmup_iters=3)
+    timed_calls = model.calls[raw.warmup_calls :]
+    counts = [0] * n
+    for call in timed_calls:
+        assert len(call) == b
+        for position in call:
+            counts[position] += 1
+    assert len(set(counts)) == 1 and counts[0] >= 1  # equal, and nobody left out
+    assert raw.issues == counts
+    assert len(timed_calls) % lat.issue_period(n, b) == 0 and len(timed_calls) >= repeats
+    assert timed_calls[0][0] == 0  # the timed phase starts the cycle afresh after warm-up
+    assert raw.first_positions() == [c[0] for c in timed_calls]
+
+
+def test_min_time_extends_by_whole_periods():
+    clock = FakeClock()
+    model = Recorder(clock, lambda i: 1_000_000)
+    # period 8 calls = 8 ms; 20 ms needs 3 periods
+    raw = run_loop(clock, model, n=8, b=1, repeats=1, min_time_s=0.020)
+    assert len(raw.timed_ns) == 24
+    assert raw.issues == [3] * 8
+
+
+def test_issue_period_and_positions():
+    assert lat.issue_period(256, 1) == 256
+    assert lat.issue_period(256, 64) == 4
+    assert lat.issue_period(256, 256) == 1
+    assert lat.issue_period(256, 3) == 256
+    assert lat.batch_positions(5, 3, 1) == [3, 4, 0]
+    assert lat.timed_call_count(4, 50) == 52
+    with pytest.raises(ConfigError):
+        lat.issue_period(0, 1)
+
+
+def test_round_robin_batches_are_views_unless_they_wrap():
+    images = positions_images(6)
+    batches = lat.round_robin_batches(images, 4)  # period 3: [0-3], [4,5,0,1], [2-5]
+    assert [b[:, 0, 0, 0].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 0, 1], [2, 3, 4, 5]]
+    assert batches[0].data_ptr() == images.data_ptr()
+    cl = images.contiguous(memory_format=torch.channels_last)
+    wrapped = lat.round_robin_batches(cl, 4)[1]
+    assert wrapped.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bad_loop_settings_are_user_errors():
+    clock = FakeClock()
+    with pytest.raises(ConfigError):
+        run_loop(clock, Recorder(clock, lambda i: 1), repeats=0)
+
+
+# --- the latency sample set -----------------------------------------------------------------
+
+
+def test_sample_set_is_deterministic_and_hashed():
+    a = lat.latency_sample_set("digits", count=64, seed=0)
+    b = lat.latency_sample_set("digits", count=64, seed=0)
+    c = lat.latency_sample_set("digits", count=64, seed=1)
+    assert a.indices == b.indices and a.sha256 == b.sha256 and torch.equal(a.images, b.images)
+    assert a.sha256 != c.sha256 and a.indices != c.indices
+    assert a.sha256 == index_list_sha256(a.indices) and len(a.sha256) == 64
+    assert len(set(a.indices)) == 64
+
+
+def test_sample_set_comes_from_the_test_split():
+    test = load_split("digits", "test")
+    s = lat.latency_sample_set("digits", count=32, seed=3)
+    assert s.split == "test" and max(s.indices) < len(test)
+    assert torch.equal(s.images, test.images[list(s.indices)])
+    assert s.describe()["sample_set_sha256"] == s.sha256 and s.input_transform == ""
+
+
+def test_sample_set_too_large_is_a_user_error():
+    with pytest.raises(ConfigError, match="only 360"):
+        lat.latency_sample_set("digits", count=1000)
+
+
+def test_fit_to_shape_is_recorded():
+    s = lat.latency_sample_set("digits", count=8, input_shape=(3, 32, 32))
+    assert s.input_shape == (3, 32, 32)
+    assert s.input_transform.startswith("1x8x8->3x32x32")
+    assert torch.equal(s.images[:, 0], s.images[:, 2])  # grey repeated
+    with pytest.raises(ConfigError):
+        lat.fit_to_shape(torch.zeros(2, 3, 4, 4), (1, 4, 4))
+
+
+# --- measuring a model ----------------------------------------------------------------------
+
+
+class ClockedNet(nn.Module):
+    """A real small module whose forward also advances the fake clock: cost ∝ batch size."""
+
+    def __init__(self, clock: FakeClock, ns_per_sample: int) -> None:
+        super().__init__()
+        self.clock, self.ns = clock, ns_per_sample
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+        self.seen_grad_mode: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.clock.advance(self.ns * len(x))
+        self.seen_grad_mode.append(torch.is_inference_mode_enabled() and not self.training)
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_measure_model_rows_on_a_fake_clock():
+    clock = FakeClock()
+    net = ClockedNet(clock, ns_per_sample=100_000)  # 0.1 ms per sample
+    samples = lat.latency_sample_set("digits", count=16)
+    config = lat.LatencyConfig(batch_sizes=(1, 4), threads=1, repeats=3, warmup_iters=2,
+                               warmup_s=0.0, min_time_s=0.0)
+    results = lat.measure_model(net, samples, "clocked", config, clock=clock,
+                                synchronize=clock.synchronize())
+    rows = {r.row["batch_size"]: r.row for r in results}
+    assert set(rows) == {1, 4}
+    one, four = rows[1], rows[4]
+    assert one["engine"] == lat.STATIC_ENGINE
+    assert one["p50_ms"] == pytest.approx(0.1) and four["p50_ms"] == pytest.approx(0.4)
+    assert four["per_sample_p50_ms"] == pytest.approx(0.1)
+    assert four["throughput_sps"] == pytest.approx(10_000)
+    assert one["timed_calls"] == 16 and one["issues_per_sample"] == 1  # period 16 > repeats
+    assert four["timed_calls"] == 4 and four["warmup_calls"] == 2
+    for row in (one, four):
+        assert row["sample_set_sha256"] == samples.sha256
+        assert row["threads"] == 1 and row["env_threads"] == 1 and row["env_torch_threads"] == 1
+        assert row["env_dtype"] == "float32" and row["env_channels_last"] is False
+        assert len(row["environment_hash"]) == 12
+    assert all(net.seen_grad_mode)  # every call in eval + inference mode
+    raw = results[1].raw_rows()
+    assert [r["phase"] for r in raw] == ["warmup"] * 2 + ["timed"] * 4
+    assert [r["first_sample"] for r in raw if r["phase"] == "timed"] == [0, 4, 8, 12]
+
+
+def test_threads_are_pinned_during_measurement_and_restored():
+    before = torch.get_num_threads()
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return x
+
+    config = lat.LatencyConfig(batch_sizes=(8,), threads=1, repeats=1, warmup_iters=0,
+                               warmup_s=0, min_time_s=0)
+    lat.measure_model(Probe(), lat.latency_sample_set("digits", count=8), "probe", config)
+    assert set(seen) == {1}
+    assert torch.get_num_threads() == before
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
+    config = lat.LatencyConfig(batch_sizes=(1,), repeats=1, warmup_iters=0, warmup_s=0,
+                               min_time_s=0)
+    with pytest.raises(DynbenchError, match="--input-shape"):
+        lat.measure_model(model, lat.latency_sample_set("digits", count=4), "rgb", config)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(batch_sizes=()), dict(batch_sizes=(0,)), dict(threads=0), dict(dtype="int8"),
+               dict(compile_mode="fast"), dict(device="tpu"), dict(repeats=0), dict(warmup_s=-1)]
+)
+def test_bad_config_is_a_user_error(kwargs):
+    with pytest.raises(ConfigError):
+        lat.LatencyConfig(**kwargs)
+
+
+# --- realization ratio ----------------------------------------------------------------------
+
+
+def test_realization_ratio():
+    static = {"batch_size": 1, "p50_ms": 10.0}
+    dynamic = {"batch_size": 1, "p50_ms": 6.0}
+    r = lat.realization_ratio(dynamic, static, dynamic_macs=50.0, static_macs=100.0)
+    assert r["speedup"] == pytest.approx(10 / 6)
+    assert r["macs_reduction"] == pytest.approx(2.0)
+    assert r["realization_ratio"] == pytest.approx((10 / 6) / 2)
+    perfect = lat.realization_ratio({"batch_size": 1, "p50_ms": 5.0}, static, 50.0, 100.0)
+    assert perfect["realization_ratio"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="batch"):
+        lat.realization_ratio({"batch_size": 8, "p50_ms": 6.0}, static, 50.0, 100.0)
+    with pytest.raises(ValueError):
+        lat.realization_ratio(dynamic, static, 0.0, 100.0)
+    with pytest.raises(ValueError):
+        lat.realization_ratio({"batch_size": 1}, static, 50.0, 100.0)
+
+
+# --- the CLI --------------------------------------------------------------------------------
+
+
+def run_cli(args, capsys):
+    from benchmarks.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+FAST = ["--repeats", "1", "--warmup-s", "0", "--warmup-iters", "1", "--min-time-s", "0",
+        "--samples", "16"]
+
+
+def test_cli_writes_summary_and_raw_csvs(tmp_path, capsys):
+    out = tmp_path / "lat"
+    code, stdout, stderr = run_cli(
+        ["latency", "digits_cnn", "--batch", "1,8", "--threads", "1", "--out", str(out), *FAST],
+        capsys,
+    )
+    assert code == 0, stderr
+    assert "p50_ms" in stdout and "digits_cnn" in stdout
+    with open(out / "latency_summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["batch_size"]) for r in rows] == [1, 8]
+    for row in rows:
+        assert row["dataset"] == "digits" and row["split"] == "test"
+        assert row["environment_hash"] and row["sample_set_sha256"]
+        with open(out / row["raw_file"], newline="") as fh:
+            raw = list(csv.DictReader(fh))
+        timed = [r for r in raw if r["phase"] == "timed"]
+        assert len(timed) == int(row["timed_calls"]) and all(int(r["time_ns"]) > 0 for r in timed)
+    assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["latency", "no_such_model"], "unknown model"),
+        (["latency", "digits_cnn", "--batch", "1,x"], "--batch"),
+        (["latency", "digits_cnn", "--batch", "0"], "--batch"),
+        (["latency", "digits_cnn", "--threads", "0"], "threads"),
+        (["latency", "digits_cnn", "--samples", "5000"], "only 360"),
+        (["latency", "digits_cnn", "--input-shape", "3,32"], "C,H,W"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_message(args, message, capsys, tmp_path):
+    code, _, stderr = run_cli([*args[:2], *FAST, *args[2:], "--out", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert message in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "o" / "latency_summary.csv").exists()
