@@ -57,8 +57,10 @@ class SmallCNN(nn.Module):
     variant="2 stages 16/32, 2 convs each",
     datasets=("digits",),
 )
-def digits_cnn(num_classes: int = 10, in_chans: int = 1, **kwargs) -> SmallCNN:
-    return SmallCNN(num_classes, in_chans, widths=(16, 32), depth=2, **kwargs)
+def digits_cnn(
+    num_classes: int = 10, in_chans: int = 1, widths: Sequence[int] = (16, 32), depth: int = 2
+) -> SmallCNN:
+    return SmallCNN(num_classes, in_chans, widths=widths, depth=depth)
 
 
 @register_model(
@@ -67,5 +69,7 @@ def digits_cnn(num_classes: int = 10, in_chans: int = 1, **kwargs) -> SmallCNN:
     variant="3 stages 32/64/128, 2 convs each",
     datasets=("fashion-mnist",),
 )
-def fmnist_cnn(num_classes: int = 10, in_chans: int = 1, **kwargs) -> SmallCNN:
-    return SmallCNN(num_classes, in_chans, widths=(32, 64, 128), depth=2, **kwargs)
+def fmnist_cnn(
+    num_classes: int = 10, in_chans: int = 1, widths: Sequence[int] = (32, 64, 128), depth: int = 2
+) -> SmallCNN:
+    return SmallCNN(num_classes, in_chans, widths=widths, depth=depth)

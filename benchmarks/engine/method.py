@@ -67,7 +67,12 @@ class Method:
     def build_model(self, info: DatasetInfo) -> nn.Module:
         kwargs = {"num_classes": info.num_classes, "in_chans": info.input_shape[0]}
         kwargs.update(self.cfg["model"].get("kwargs", {}))
-        return create_model(self.cfg["model"]["name"], **kwargs)
+        name = self.cfg["model"]["name"]
+        try:
+            return create_model(name, **kwargs)
+        except TypeError as exc:
+            where = self.cfg.get("source", "config")
+            raise ConfigError(f"{where}: key 'model.kwargs' does not fit model '{name}': {exc}") from exc
 
     # --- stages --------------------------------------------------------------------------
     _STAGE_KEYS = {

@@ -1,0 +1,153 @@
+"""The engine: determinism, resume after SIGKILL, selection on val, NaN stop, stages."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from benchmarks.config import resolve_config
+from benchmarks.engine import Method, Trainer, register_method
+from benchmarks.engine.batches import augment_batch, epoch_generator, num_train_batches, train_batches
+from benchmarks.errors import TrainingDiverged
+from benchmarks.io import sha256_file
+
+TINY = {
+    "name": "tiny",
+    "model": {"name": "digits_cnn", "kwargs": {"widths": [8, 16], "depth": 1}},
+    "dataset": {"name": "digits"},
+    "train": {"epochs": 3, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "augment": "flip"},
+}
+
+
+def _train(tmp_path: Path, overrides=(), data=TINY) -> Trainer:
+    cfg = resolve_config(data, overrides=overrides)
+    trainer = Trainer(cfg, seed=0, runs_root=tmp_path, device="cpu", progress=False, log=lambda m: None)
+    trainer.fit()
+    return trainer
+
+
+def _metrics(trainer: Trainer) -> pd.DataFrame:
+    return pd.read_csv(trainer.run.metrics_log).drop(columns=["epoch_seconds"])
+
+
+def test_same_seed_gives_bit_identical_metrics_and_weights(tmp_path):
+    a = _train(tmp_path / "a")
+    b = _train(tmp_path / "b")
+    pd.testing.assert_frame_equal(_metrics(a), _metrics(b))
+    assert sha256_file(a.run.checkpoint_dir / "best.safetensors") == sha256_file(b.run.checkpoint_dir / "best.safetensors")
+    c = _train(tmp_path / "c", overrides=["train.optimizer.lr=0.02"])
+    assert not _metrics(a)["train_loss"].equals(_metrics(c)["train_loss"])
+
+
+def test_selection_is_on_val_and_logged_per_epoch(tmp_path):
+    trainer = _train(tmp_path)
+    log = pd.read_csv(trainer.run.metrics_log)
+    assert list(log["epoch"]) == [1, 2, 3]
+    assert {"train_loss", "train_accuracy", "val_accuracy", "val_loss", "lr"} <= set(log.columns)
+    best = yaml.safe_load((trainer.run.checkpoint_dir / "best.json").read_text())["meta"]
+    assert best["epoch"] == int(log.loc[log["val_accuracy"].idxmax(), "epoch"])
+    assert "test" not in " ".join(log.columns), "training must never evaluate the test split"
+
+
+def test_finished_run_resumes_as_a_no_op_with_same_result(tmp_path):
+    a = _train(tmp_path)
+    before = sha256_file(a.run.checkpoint_dir / "best.safetensors")
+    b = _train(tmp_path)
+    assert b.run == a.run
+    assert sha256_file(b.run.checkpoint_dir / "best.safetensors") == before
+
+
+def test_resume_after_sigkill_gives_the_same_final_metrics(tmp_path):
+    config = dict(TINY, train={**TINY["train"], "epochs": 4, "batch_size": 8})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "benchmarks.cli", "train", str(path), "--no-eval", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed_out, clean_out = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen(cmd + ["--out", str(killed_out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        states = list(killed_out.glob("runs/*/checkpoints/last_state.pt"))
+        if states and len(pd.read_csv(next(killed_out.glob("runs/*/metrics.csv")))) >= 1:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("training never wrote its first checkpoint")
+    time.sleep(0.2)  # land inside a later epoch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rows_at_kill = len(pd.read_csv(next(killed_out.glob("runs/*/metrics.csv"))))
+    assert rows_at_kill < 4, "the run finished before it was killed; nothing was tested"
+    subprocess.run(cmd + ["--out", str(killed_out)], env=env, check=True, capture_output=True)
+    subprocess.run(cmd + ["--out", str(clean_out)], env=env, check=True, capture_output=True)
+    killed = pd.read_csv(next(killed_out.glob("runs/*/metrics.csv"))).drop(columns=["epoch_seconds"])
+    clean = pd.read_csv(next(clean_out.glob("runs/*/metrics.csv"))).drop(columns=["epoch_seconds"])
+    pd.testing.assert_frame_equal(killed, clean)
+    assert sha256_file(next(killed_out.glob("runs/*/checkpoints/best.safetensors"))) == sha256_file(
+        next(clean_out.glob("runs/*/checkpoints/best.safetensors"))
+    )
+
+
+@register_method
+class _ExplodingMethod(Method):
+    """Test method whose loss becomes NaN in the second epoch."""
+
+    name = "_test_exploding"
+
+    def loss(self, model, images, targets, ctx):
+        loss, logs = super().loss(model, images, targets, ctx)
+        if ctx.epoch == 1:
+            loss = loss * float("nan")
+        return loss, logs
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = resolve_config({**TINY, "method": "_test_exploding"})
+    trainer = Trainer(cfg, seed=0, runs_root=tmp_path, device="cpu", progress=False, log=lambda m: None)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at stage 'train', epoch 2") as info:
+        trainer.fit()
+    assert "last good checkpoint" in str(info.value)
+    meta = yaml.safe_load((trainer.run.checkpoint_dir / "last.json").read_text())["meta"]
+    assert meta["epoch"] == 1
+
+
+def test_stages_run_in_order_and_select_on_the_last(tmp_path):
+    data = {**TINY, "stages": [{"name": "pretrain", "epochs": 1}, {"name": "finetune", "epochs": 2, "optimizer": {"name": "sgd", "lr": 0.01}}]}
+    trainer = _train(tmp_path, data=data)
+    log = pd.read_csv(trainer.run.metrics_log)
+    assert list(log["stage"]) == ["pretrain", "finetune", "finetune"]
+    assert yaml.safe_load((trainer.run.checkpoint_dir / "best.json").read_text())["meta"]["stage"] == "finetune"
+
+
+def test_epoch_order_depends_only_on_seed_stage_epoch():
+    class _DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return torch.full((1, 2, 2), float(i)), i
+
+    first = [t.tolist() for _, t in train_batches(_DS(), 4, epoch_generator(0, 0, 3))]
+    again = [t.tolist() for _, t in train_batches(_DS(), 4, epoch_generator(0, 0, 3))]
+    other = [t.tolist() for _, t in train_batches(_DS(), 4, epoch_generator(0, 0, 4))]
+    assert first == again and first != other
+    assert sorted(sum(first, [])) == list(range(10))
+    assert len(first) == num_train_batches(10, 4)
+    assert num_train_batches(9, 4) == 2  # the single leftover sample is dropped (BatchNorm)
+
+
+def test_crop_flip_keeps_shape_and_content_range():
+    images = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
+    out = augment_batch(images, "crop_flip", epoch_generator(1, 0, 0))
+    assert out.shape == images.shape
+    assert set(out.unique().tolist()) <= set(images.unique().tolist()) | {0.0}
