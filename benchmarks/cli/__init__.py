@@ -16,6 +16,7 @@ from benchmarks import __version__
 from benchmarks.errors import DynbenchError
 
 COMMANDS: dict[str, str] = {
+    "data": "benchmarks.cli.data:data",
     "latency": "benchmarks.cli.latency:latency",
     "models": "benchmarks.cli.models:models",
     "reproduce": "benchmarks.cli.reproduce:reproduce",

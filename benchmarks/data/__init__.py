@@ -16,8 +16,11 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 # Importing the dataset modules registers them.
+from benchmarks.data import cifar as _cifar  # noqa: F401
 from benchmarks.data import digits as _digits  # noqa: F401
 from benchmarks.data import fashion_mnist as _fashion_mnist  # noqa: F401
+from benchmarks.data import imagenet as _imagenet  # noqa: F401
+from benchmarks.data import lfw_b as _lfw_b  # noqa: F401
 from benchmarks.data.base import (
     DatasetInfo,
     DatasetSource,

@@ -43,6 +43,24 @@ class DatasetInfo:
     metric: str = "accuracy"
     embedded: bool = False  # ships with an installed package: never downloaded
     tags: tuple[str, ...] = field(default_factory=tuple)
+    #: a 2-level class hierarchy: ((super-class name, (class index, ...)), ...); empty if none
+    hierarchy: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """The checksum status of one source file (or file list) that a manifest records."""
+
+    name: str  # the manifest's key for it
+    path: Path
+    algorithm: str
+    expected: str
+    actual: str | None  # None: missing
+    hint: str = ""  # what to do about a mismatch, where the default advice does not fit
+
+    @property
+    def ok(self) -> bool:
+        return self.actual == self.expected
 
 
 class DatasetSource(ABC):
@@ -91,26 +109,67 @@ class DatasetSource(ABC):
     def build_manifest(self, folder: Path) -> Manifest:
         """Make the manifest from the source files with the documented, seeded procedure."""
 
-    def verify(self, folder: Path, manifest: Manifest | None = None) -> Manifest:
-        """Check index-list hashes and source-file checksums; return the manifest."""
+    def split_counts(self) -> dict[str, int]:
+        """The size of each standardized split, as the checked-in manifest defines it."""
+        return {name: len(entry.indices) for name, entry in self.manifest().splits.items()}
+
+    def file_checks(self, folder: Path, manifest: Manifest) -> list[FileCheck]:
+        """Checksum every source file the manifest records (missing files have actual=None)."""
+        files = self.source_files(folder)
+        checks = []
+        for rel, record in manifest.source_files.items():
+            path = files.get(rel, folder / rel)
+            actual = file_digest(path, record["algorithm"]) if path.is_file() else None
+            checks.append(FileCheck(rel, path, record["algorithm"], record["digest"], actual))
+        return checks
+
+    def verify(
+        self,
+        folder: Path,
+        manifest: Manifest | None = None,
+        *,
+        full: bool = False,
+        on_check: Callable[[FileCheck], None] | None = None,
+    ) -> Manifest:
+        """Check index-list hashes and source-file checksums; return the manifest.
+
+        `full` also rebuilds the manifest from the source files with the documented procedure
+        and checks that every split comes out identical. `on_check` sees every file's status
+        (the CLI prints them) before the first failure is raised.
+        """
         manifest = manifest or self.manifest(folder)
         manifest.verify_index_lists()
-        files = self.source_files(folder)
-        for rel, record in manifest.source_files.items():
-            path = files.get(rel)
-            if path is None or not path.is_file():
-                raise DataNotFoundError(
-                    f"dataset '{self.name}': source file '{rel}' is missing from {folder}"
-                )
-            actual = file_digest(path, record["algorithm"])
-            if actual != record["digest"]:
-                raise ManifestMismatchError(
-                    f"dataset '{self.name}': {path} has {record['algorithm']} {actual}, but "
-                    f"the manifest {manifest.path or '(built)'} records {record['digest']}. "
-                    f"The file is corrupt or a different version; delete it and run "
-                    f"`dynbench data prepare {self.name}`."
-                )
+        self._raise_on_failed_checks(folder, manifest, self.file_checks(folder, manifest), on_check)
+        if full:
+            check_rebuilt(manifest, self.build_manifest(folder))
         return manifest
+
+    def _raise_on_failed_checks(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        checks: list[FileCheck],
+        on_check: Callable[[FileCheck], None] | None,
+    ) -> None:
+        for check in checks:
+            if on_check is not None:
+                on_check(check)
+        for check in checks:
+            if check.actual is None:
+                raise DataNotFoundError(
+                    f"dataset '{self.name}': source file '{check.name}' is missing from {folder}"
+                    + (f". {check.hint}" if check.hint else "")
+                )
+            if not check.ok:
+                raise ManifestMismatchError(
+                    f"dataset '{self.name}': {check.path} has {check.algorithm} {check.actual}, but "
+                    f"the manifest {manifest.path or '(built)'} records {check.expected}. "
+                    + (
+                        check.hint
+                        or "The file is corrupt or a different version; delete it and run "
+                        f"`dynbench data prepare {self.name}`."
+                    )
+                )
 
     # --- loading --------------------------------------------------------------------------
     @abstractmethod
@@ -122,6 +181,22 @@ class DatasetSource(ABC):
         folder = self.locate(data_root)
         self.verify(folder)
         return folder
+
+
+def check_rebuilt(manifest: Manifest, rebuilt: Manifest) -> None:
+    """Raise unless every split of `rebuilt` (made again from the files) equals `manifest`'s."""
+    where = manifest.path or f"manifest of {manifest.dataset}"
+    for name in sorted(set(manifest.splits) | set(rebuilt.splits)):
+        have = manifest.splits.get(name)
+        again = rebuilt.splits.get(name)
+        have_hash = have.sha256 if have else "(no such split)"
+        again_hash = again.sha256 if again else "(no such split)"
+        if have_hash != again_hash:
+            raise ManifestMismatchError(
+                f"split '{name}' in {where} has index-list sha256 {have_hash}, but rebuilding it "
+                f"from the source files with the manifest's procedure gives {again_hash}. "
+                "The source files or the procedure differ from the ones the manifest was made from."
+            )
 
 
 def file_digest(path: Path, algorithm: str) -> str:
