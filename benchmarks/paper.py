@@ -24,10 +24,10 @@ import io
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from benchmarks.errors import ConfigError, DataNotFoundError, UnknownNameError
 from benchmarks.io import atomic_write_bytes, atomic_write_text
@@ -639,7 +639,7 @@ def _accuracy_numbers(src: dict[str, str]) -> list[_Number]:
     if len(numbers) == 2 and [n.metric for n in numbers] == ["top1_acc", "top1_err"]:
         acc, err = numbers
         if acc.value + err.value == 100:  # the reference fills acc in as 100 - printed error
-            numbers[0] = _replace(acc, conversion="100 − top1_err")
+            numbers[0] = replace(acc, conversion="100 − top1_err")
     return numbers
 
 
@@ -700,12 +700,6 @@ def _note_numbers(src: dict[str, str], variant: str) -> list[_Number]:
     return numbers
 
 
-def _replace(number: _Number, **changes: Any) -> _Number:
-    from dataclasses import replace
-
-    return replace(number, **changes)
-
-
 # --------------------------------------------------------------------------------------------
 # Build
 
@@ -715,18 +709,21 @@ def read_source(path: str | Path) -> list[tuple[int, dict[str, str]]]:
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"published-numbers source '{path}' does not exist")
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header = tuple(reader.fieldnames or ())
-        if header != SOURCE_COLUMNS:
-            raise ConfigError(
-                f"{path}: header must be {', '.join(SOURCE_COLUMNS)}; got {', '.join(header)}"
-            )
-        rows = []
-        for row in reader:
-            if None in row or any(v is None for v in row.values()):
-                raise ConfigError(f"{path}:{reader.line_num}: expected {len(header)} fields")
-            rows.append((reader.line_num, row))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = tuple(reader.fieldnames or ())
+            if header != SOURCE_COLUMNS:
+                raise ConfigError(
+                    f"{path}: header must be {', '.join(SOURCE_COLUMNS)}; got {', '.join(header)}"
+                )
+            rows = []
+            for row in reader:
+                if None in row or any(v is None for v in row.values()):
+                    raise ConfigError(f"{path}:{reader.line_num}: expected {len(header)} fields")
+                rows.append((reader.line_num, row))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: not a UTF-8 CSV file ({exc})") from None
     return rows
 
 

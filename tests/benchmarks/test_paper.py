@@ -434,6 +434,10 @@ def test_bad_header_and_missing_file(tmp_path):
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(ConfigError, match="header must be"):
         paper.build_rows(bad)
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not a UTF-8 CSV"):
+        paper.build_rows(binary)
     with pytest.raises(DataNotFoundError, match="does not exist"):
         paper.build_rows(tmp_path / "nope.csv")
     with pytest.raises(DataNotFoundError, match="not found"):
