@@ -116,7 +116,8 @@ def verify_command(name: str, data_root: Path | None, full: bool) -> None:
     if isinstance(source, PreparedSource):
         recipe = source.recipe()
         click.echo(f"recipe    {recipe.path or '(given)'}  sha256 {recipe_sha256(recipe)}")
-        click.echo(f"source    {source.source_folder(folder, manifest)}")
+        # Recorded, not resolved: LFW-B loads from its crop cache even without LFW itself.
+        click.echo(f"source    {manifest.extra.get('source_folder', '-')}")
     click.echo("files")
 
     def show(check: FileCheck) -> None:

@@ -157,8 +157,9 @@ class DatasetSource(ABC):
         for check in checks:
             if check.actual is None:
                 raise DataNotFoundError(
-                    f"dataset '{self.name}': source file '{check.name}' is missing from {folder}"
-                    + (f". {check.hint}" if check.hint else "")
+                    f"dataset '{self.name}': {check.path}: {check.hint}"
+                    if check.hint
+                    else f"dataset '{self.name}': source file '{check.name}' is missing from {folder}"
                 )
             if not check.ok:
                 raise ManifestMismatchError(

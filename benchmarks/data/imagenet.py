@@ -172,7 +172,10 @@ class _ImageFolderSource(PreparedSource):
             sizes.append(actual)
         path = raw / pool_name(key)
         if missing:
-            hint = f"{len(missing)} listed files are missing, e.g. {', '.join(missing[:3])}"
+            hint = (
+                f"{len(missing)} of the {len(files)} listed files are missing, e.g. "
+                f"{', '.join(missing[:3])}. Restore them or run `dynbench data prepare {self.name}` again."
+            )
             return FileCheck(key, path, FILELIST_ALGORITHM, record["digest"], None, hint)
         hint = (
             "; ".join(changed) + ". " if changed else ""
