@@ -1,0 +1,1082 @@
+"""The execution contract (DESIGN §2): every input-dependent choice of a dynamic model runs
+through these primitives, so that skipped computation is really skipped and every method's
+cost is measured the same way.
+
+* **Sample routing** — `route(module, x, keep)` / `SampleRouter`: run `module` only on the
+  rows of the batch whose decision is "execute" (gather, call, scatter back); skipped rows take
+  the identity, a constant, a per-row tensor or a callable default.
+* **Channel gating** — `GatedConv2d`: per-sample output-channel gates on a convolution
+  (+ BatchNorm + activation), and the matching input channels of the next one.
+* **Controllers** — `Controller(module)` / `mark_controller(module)`: gate networks,
+  Q-networks, L-Net / C-Net heads; their MACs are reported as `macs_controller`.
+* **Trace** — `with trace() as t: model(x)` records, per original sample, which units ran
+  and the MACs they cost (`macs_executed`, `macs_theoretical`, `macs_controller`).
+
+Two engines, set with `set_engine(model, "masked" | "sparse")`: `masked` computes everything
+and multiplies by the decisions (differentiable, for training; its executed MACs are the full
+cost), `sparse` computes only what was kept. Both give the same outputs and the same routing
+in eval mode.
+
+Hard decisions are what routes: a boolean, or a float gate whose zero entries mean "skip"
+(straight-through gates: forward 0/1, soft gradient). Counting is analytic, from shapes, per
+layer (see `benchmarks.cost`); outside a trace the primitives do no bookkeeping at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from benchmarks import cost as _cost
+from benchmarks.errors import UnknownNameError
+
+__all__ = [
+    "COUNTERS",
+    "DEFAULT_ENGINE",
+    "ENGINES",
+    "IDENTITY",
+    "Controller",
+    "DynamicModule",
+    "GatedConv2d",
+    "SampleRouter",
+    "Trace",
+    "active_trace",
+    "is_dynamic",
+    "mark_controller",
+    "name_units",
+    "route",
+    "set_engine",
+    "trace",
+]
+
+ENGINES = ("masked", "sparse")
+DEFAULT_ENGINE = "sparse"
+#: how a trace counts the MACs of ordinary layers: `modules` (global module forward hooks on
+#: Conv/Linear/RNN/MultiheadAttention: fast), `functions` (a TorchFunctionMode on conv, linear,
+#: matmul, einsum, attention...: complete, slower, also counts non-MAC ops) or None (routing
+#: decisions only)
+COUNTERS = ("modules", "functions", None)
+
+
+def _check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise UnknownNameError("engine", str(engine), ENGINES)
+    return engine
+
+
+class _Identity:
+    """Skipped rows pass their input through."""
+
+    def __repr__(self) -> str:
+        return "IDENTITY"
+
+
+IDENTITY = _Identity()
+
+
+# --------------------------------------------------------------------------------------------
+# Trace
+# --------------------------------------------------------------------------------------------
+
+_ACTIVE: Trace | None = None
+
+
+def active_trace() -> Trace | None:
+    """The trace currently recording, if any."""
+    return _ACTIVE
+
+
+class _Frame:
+    """The rows a computation currently runs on.
+
+    `rows`: original sample indices (None: all rows of the traced batch, in order); `batch`:
+    number of rows; `theo`: per-row mask of rows that would run with perfect skipping (None:
+    all; the masked engine runs rows whose decision was "skip"). Uniform layer costs are
+    accumulated as batch totals and spread over the rows when the frame closes.
+    """
+
+    __slots__ = ("rows", "batch", "theo", "macs", "ctrl", "other")
+
+    def __init__(self, rows: torch.Tensor | None, batch: int | None, theo: torch.Tensor | None):
+        self.rows, self.batch, self.theo = rows, batch, theo
+        self.macs = 0
+        self.ctrl = 0
+        self.other: dict[str, int] | None = None
+
+
+def _index_add(target: torch.Tensor, rows: torch.Tensor | None, values: Any) -> None:
+    if rows is None:
+        target += values
+    elif isinstance(values, torch.Tensor):
+        target.index_add_(0, rows, values.to(target.dtype))
+    else:
+        target.index_add_(0, rows, torch.full(rows.shape, values, dtype=target.dtype, device=rows.device))
+
+
+class Trace:
+    """Per-sample record of one forward pass (one batch). Use through `trace()`.
+
+    After the `with` block: `macs_executed`, `macs_theoretical`, `macs_controller` (int64
+    tensors, one entry per sample of the batch, on the CPU), `units_executed` (unit name ->
+    executions per sample), `channels_kept` (gated unit -> kept output channels per sample),
+    `other_ops` (non-MAC op kind -> elements per sample; `functions` counter only),
+    `macs_by_kind` (per-sample MACs per op kind), `per_sample()` and `unit_table()`.
+
+    Executed and theoretical MACs include controller MACs; `macs_controller` is the part of the
+    executed MACs spent in controllers.
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_size: int | None = None,
+        counter: str | None = "modules",
+        cache: dict | None = None,
+    ):
+        if counter not in COUNTERS:
+            raise UnknownNameError("counter", str(counter), [str(c) for c in COUNTERS])
+        self.counter = counter
+        self._root = _Frame(None, batch_size, None)
+        self._frame = self._root
+        self._stack: list[_Frame] = []
+        self._suppress = 0
+        self._ctrl_depth = 0
+        # per-layer cost by (id(module), input shape); share one dict across traces of a
+        # model that stays alive to avoid recomputing (ids are only valid while it lives)
+        self._cache: dict = {} if cache is None else cache
+        self._exec: torch.Tensor | None = None
+        self._theo: torch.Tensor | None = None
+        self._ctrl: torch.Tensor | None = None
+        self._units: dict[str, torch.Tensor] = {}
+        self._channels: dict[str, torch.Tensor] = {}
+        self._other: dict[str, torch.Tensor] = {}
+        self._by_kind: dict[str, Any] = {}
+        self._handle: Any = None
+        self._mode: TorchFunctionMode | None = None
+        self._done = False
+
+    # --- context ----------------------------------------------------------------------------
+    def __enter__(self) -> Trace:
+        global _ACTIVE
+        if _ACTIVE is not None:
+            raise RuntimeError("a dynbench trace is already recording; traces do not nest")
+        if self._done:
+            raise RuntimeError("a Trace records one forward pass; start a new trace()")
+        if self.counter == "modules":
+            self._handle = nn.modules.module.register_module_forward_hook(_module_hook)
+        elif self.counter == "functions":
+            self._mode = _FunctionCounter()
+            self._mode.__enter__()
+        _ACTIVE = self
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        global _ACTIVE
+        _ACTIVE = None
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
+        self._stack.clear()
+        self._frame = self._root
+        self._ctrl_depth = 0
+        self._flush(self._root)
+        self._done = True
+
+    # --- bookkeeping ------------------------------------------------------------------------
+    def _start(self, batch: int, device: torch.device) -> None:
+        """Allocate the per-sample arrays once the batch size and device are known."""
+        if self._root.batch is None:
+            self._root.batch = batch
+        n = self._root.batch
+        self._exec = torch.zeros(n, dtype=torch.int64, device=device)
+        self._theo = torch.zeros(n, dtype=torch.int64, device=device)
+        self._ctrl = torch.zeros(n, dtype=torch.int64, device=device)
+
+    def _ensure(self, x: Any) -> None:
+        if self._exec is None:
+            shape = getattr(x, "shape", None)
+            batch = shape[0] if shape else 1
+            self._start(batch, getattr(x, "device", torch.device("cpu")))
+
+    def _count(self, kind: str, macs: int, x: Any) -> None:
+        """A uniform cost (whole current frame): layers seen by the counters."""
+        if self._exec is None:
+            self._ensure(x)
+        frame = self._frame
+        frame.macs += macs
+        if self._ctrl_depth:
+            frame.ctrl += macs
+        self._by_kind[kind] = self._by_kind.get(kind, 0) + macs
+
+    def _count_other(self, kind: str, elements: int, x: Any) -> None:
+        if self._exec is None:
+            self._ensure(x)
+        frame = self._frame
+        if frame.other is None:
+            frame.other = {}
+        frame.other[kind] = frame.other.get(kind, 0) + elements
+
+    def _flush(self, frame: _Frame) -> None:
+        if not (frame.macs or frame.other) or self._exec is None:
+            return
+        self._suppress += 1
+        try:
+            batch = frame.batch or 1
+            per, ctrl = frame.macs // batch, frame.ctrl // batch
+            _index_add(self._exec, frame.rows, per)
+            _index_add(self._theo, frame.rows, per if frame.theo is None else frame.theo * per)
+            if ctrl:
+                _index_add(self._ctrl, frame.rows, ctrl)
+            for kind, elements in (frame.other or {}).items():
+                target = self._other.get(kind)
+                if target is None:
+                    target = self._other[kind] = torch.zeros_like(self._exec)
+                _index_add(target, frame.rows, elements // batch)
+        finally:
+            self._suppress -= 1
+        frame.macs = frame.ctrl = 0
+        frame.other = None
+
+    def _push(self, idx: torch.Tensor | None, theo: torch.Tensor | None) -> None:
+        """Enter a sub-computation on rows `idx` of the current frame (None: the same rows),
+        whose rows with `theo` False run only because the engine computes everything."""
+        parent = self._frame
+        if idx is None:
+            rows, batch, parent_theo = parent.rows, parent.batch, parent.theo
+        else:
+            rows = idx if parent.rows is None else parent.rows.index_select(0, idx)
+            batch = idx.numel()
+            parent_theo = None if parent.theo is None else parent.theo.index_select(0, idx)
+        if parent_theo is not None:
+            theo = parent_theo if theo is None else parent_theo & theo
+        self._stack.append(parent)
+        self._frame = _Frame(rows, batch, theo)
+
+    def _pop(self) -> None:
+        self._flush(self._frame)
+        self._frame = self._stack.pop()
+
+    def _per_row(self, name: str, table: dict, values: torch.Tensor, dtype: torch.dtype) -> None:
+        self._suppress += 1
+        try:
+            frame = self._frame
+            target = table.get(name)
+            if target is None:
+                target = table[name] = torch.zeros(
+                    self._root.batch, dtype=dtype, device=self._exec.device
+                )
+            if frame.theo is not None:
+                values = values * frame.theo
+            _index_add(target, frame.rows, values.to(dtype))
+        finally:
+            self._suppress -= 1
+
+    def _record_unit(self, name: str, decision: torch.Tensor) -> None:
+        self._per_row(name, self._units, decision, torch.int32)
+
+    def _record_channels(self, name: str, kept: torch.Tensor) -> None:
+        self._per_row(name, self._channels, kept, torch.int64)
+
+    def _add_rows(self, executed: Any, theoretical: torch.Tensor, kind: str) -> None:
+        """Per-row costs over the current frame (primitives that know them exactly)."""
+        self._suppress += 1
+        try:
+            frame = self._frame
+            if frame.theo is not None:
+                theoretical = theoretical * frame.theo
+            _index_add(self._exec, frame.rows, executed)
+            _index_add(self._theo, frame.rows, theoretical)
+            if self._ctrl_depth:
+                _index_add(self._ctrl, frame.rows, executed)
+            total = executed * frame.batch if isinstance(executed, int) else executed.sum()
+            self._by_kind[kind] = self._by_kind.get(kind, 0) + total
+        finally:
+            self._suppress -= 1
+
+    # --- results ----------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self._root.batch or 0
+
+    def _result(self, tensor: torch.Tensor | None) -> torch.Tensor:
+        if tensor is None:
+            return torch.zeros(self.batch_size, dtype=torch.int64)
+        return tensor.detach().cpu()
+
+    @property
+    def macs_executed(self) -> torch.Tensor:
+        return self._result(self._exec)
+
+    @property
+    def macs_theoretical(self) -> torch.Tensor:
+        return self._result(self._theo)
+
+    @property
+    def macs_controller(self) -> torch.Tensor:
+        return self._result(self._ctrl)
+
+    @property
+    def units_executed(self) -> dict[str, torch.Tensor]:
+        return {name: v.detach().cpu() for name, v in self._units.items()}
+
+    @property
+    def channels_kept(self) -> dict[str, torch.Tensor]:
+        return {name: v.detach().cpu() for name, v in self._channels.items()}
+
+    @property
+    def other_ops(self) -> dict[str, torch.Tensor]:
+        return {name: v.detach().cpu() for name, v in self._other.items()}
+
+    @property
+    def macs_by_kind_total(self) -> dict[str, int]:
+        """Executed MACs per op kind, summed over the batch."""
+        return {k: int(v) for k, v in self._by_kind.items()}
+
+    @property
+    def macs_by_kind(self) -> dict[str, int]:
+        """Executed MACs per op kind, per sample (batch mean)."""
+        n = max(self.batch_size, 1)
+        return {k: int(v) // n for k, v in self._by_kind.items()}
+
+    def per_sample(self, offset: int = 0) -> Any:
+        """A pandas DataFrame, one row per sample (index `sample`, starting at `offset`)."""
+        import pandas as pd
+
+        units = torch.zeros(self.batch_size, dtype=torch.int64)
+        for counts in self._units.values():
+            units += counts.detach().cpu().long()
+        frame = pd.DataFrame(
+            {
+                "macs_executed": self.macs_executed.numpy(),
+                "macs_theoretical": self.macs_theoretical.numpy(),
+                "macs_controller": self.macs_controller.numpy(),
+                "units_executed": units.numpy(),
+            },
+            index=pd.RangeIndex(offset, offset + self.batch_size, name="sample"),
+        )
+        return frame
+
+    def unit_table(self, offset: int = 0) -> Any:
+        """A pandas DataFrame: one row per sample, one column per routing unit (executions)."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            {name: v.numpy() for name, v in self.units_executed.items()},
+            index=pd.RangeIndex(offset, offset + self.batch_size, name="sample"),
+        )
+
+
+def trace(
+    *, batch_size: int | None = None, counter: str | None = "modules", cache: dict | None = None
+) -> Trace:
+    """Record per-sample routing and MACs of the forward pass run inside the `with` block.
+
+        with trace() as t:
+            logits = model(x)
+        t.macs_executed, t.units_executed, t.per_sample()
+
+    One trace covers one batch. Its size is `batch_size`, or else the leading dimension of the
+    first input the trace sees. See `COUNTERS` for `counter`.
+    """
+    return Trace(batch_size=batch_size, counter=counter, cache=cache)
+
+
+def _module_hook(module: nn.Module, args: tuple, output: Any) -> None:
+    tr = _ACTIVE
+    if tr is None or tr._suppress:
+        return
+    rule = _cost._MODULE_RULES.get(type(module), False)
+    if rule is False:
+        rule = _cost.module_rule(type(module))
+    if rule is None:
+        return
+    kind, formula, cacheable = rule
+    x = args[0] if args else None
+    if cacheable and isinstance(x, torch.Tensor):
+        key = (id(module), x.shape)
+        macs = tr._cache.get(key)
+        if macs is None:
+            macs = tr._cache[key] = formula(module, args, output)
+    else:
+        macs = formula(module, args, output)
+    tr._count(kind, macs, x)
+
+
+def _first_tensor(args: tuple) -> Any:
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a
+    return None
+
+
+class _FunctionCounter(TorchFunctionMode):
+    """Counts MACs (and non-MAC ops) of torch functions as they are called."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+        if kwargs is None:
+            kwargs = {}
+        out = func(*args, **kwargs)
+        tr = _ACTIVE
+        if tr is None or tr._suppress:
+            return out
+        rule = _cost.function_rule(func)
+        if rule is not None:
+            kind, formula = rule
+            tr._suppress += 1  # the formulas read shapes; never count their own calls
+            try:
+                amount = formula(args, kwargs, out)
+            finally:
+                tr._suppress -= 1
+            if kind in _cost.MAC_KINDS:
+                tr._count(kind, amount, _first_tensor(args))
+            else:
+                tr._count_other(kind, amount, _first_tensor(args))
+        return out
+
+
+class _Suppressed:
+    """Primitives report their own costs exactly; their internal calls are not counted."""
+
+    __slots__ = ("tr",)
+
+    def __init__(self, tr: Trace | None):
+        self.tr = tr
+
+    def __enter__(self) -> None:
+        if self.tr is not None:
+            self.tr._suppress += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.tr is not None:
+            self.tr._suppress -= 1
+
+
+# --------------------------------------------------------------------------------------------
+# Controllers
+# --------------------------------------------------------------------------------------------
+
+_CONTROLLER_CALLS: list[Trace | None] = []
+
+
+def _controller_enter(module: nn.Module, args: tuple) -> None:
+    tr = _ACTIVE
+    if tr is not None:
+        tr._ctrl_depth += 1
+    _CONTROLLER_CALLS.append(tr)
+
+
+def _controller_exit(module: nn.Module, args: tuple, output: Any) -> None:
+    tr = _CONTROLLER_CALLS.pop() if _CONTROLLER_CALLS else None
+    if tr is not None and tr._ctrl_depth:
+        tr._ctrl_depth -= 1
+
+
+def mark_controller(module: nn.Module) -> nn.Module:
+    """Mark `module` as a controller (gate network, Q-network, L-Net/C-Net head): everything it
+    computes is reported as `macs_controller` (and included in executed MACs), whatever its
+    output feeds — a routing decision or a plain Python `if`. Returns `module`; its
+    state_dict keys are unchanged. Idempotent."""
+    if not getattr(module, "_dynbench_controller", False):
+        module._dynbench_controller = True
+        module.register_forward_pre_hook(_controller_enter)
+        module.register_forward_hook(_controller_exit, always_call=True)
+    return module
+
+
+class Controller(nn.Module):
+    """Wrapper form of `mark_controller` (its state_dict keys gain a `module.` prefix)."""
+
+    _dynbench_controller = True
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        tr = _ACTIVE
+        if tr is None:
+            return self.module(*args, **kwargs)
+        tr._ctrl_depth += 1
+        try:
+            return self.module(*args, **kwargs)
+        finally:
+            tr._ctrl_depth -= 1
+
+
+# --------------------------------------------------------------------------------------------
+# Engines and unit names
+# --------------------------------------------------------------------------------------------
+
+
+class DynamicModule(nn.Module):
+    """Base of every module that routes: holds the engine, names its routing units.
+
+    A dynamic model subclasses it and routes with `self.route(...)`, so that
+    `model.set_engine("sparse")` switches every primitive inside it.
+    """
+
+    engine: str = DEFAULT_ENGINE
+
+    def set_engine(self, engine: str) -> DynamicModule:
+        set_engine(self, engine)
+        return self
+
+    def route(
+        self,
+        module: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        keep: torch.Tensor,
+        *rows: torch.Tensor,
+        default: Any = IDENTITY,
+        unit: str | None = None,
+        out_shape: tuple[int, ...] | None = None,
+    ) -> torch.Tensor:
+        """`route` with this module's engine; the unit is named after `module`'s attribute
+        path (e.g. `layer2.3`) when not given."""
+        if unit is None:
+            unit = self._unit_name(module)
+        return route(
+            module, x, keep, *rows, default=default, unit=unit, engine=self.engine,
+            out_shape=out_shape,
+        )
+
+    def _unit_name(self, module: Any) -> str:
+        names = self.__dict__.get("_dynbench_names")
+        name = None if names is None else names.get(id(module))
+        if name is not None:
+            try:
+                valid = self.get_submodule(name) is module
+            except AttributeError:
+                valid = False
+            if not valid:
+                name = None
+        if name is None and isinstance(module, nn.Module):
+            names = {id(m): n for n, m in self.named_modules() if n}
+            self.__dict__["_dynbench_names"] = names
+            name = names.get(id(module))
+        if name is None:
+            return getattr(module, "__name__", type(module).__name__)
+        prefix = self.__dict__.get("_dynbench_prefix", "")
+        return f"{prefix}.{name}" if prefix else name
+
+
+def is_dynamic(model: nn.Module) -> bool:
+    """True when `model` contains routing primitives (its cost depends on the input)."""
+    return any(isinstance(m, DynamicModule) for m in model.modules())
+
+
+def name_units(model: nn.Module) -> nn.Module:
+    """Name unnamed primitives (and the units of `DynamicModule.route`) by their attribute
+    path in `model`, so that per-unit records are stable across runs."""
+    for name, module in model.named_modules():
+        if isinstance(module, DynamicModule):
+            module.__dict__["_dynbench_prefix"] = name
+            if isinstance(module, (SampleRouter, GatedConv2d)) and module.unit is None:
+                module.unit = name or type(module).__name__
+    return model
+
+
+def set_engine(model: nn.Module, engine: str) -> nn.Module:
+    """Set the engine (`masked` or `sparse`) of every routing primitive inside `model`, and
+    name its units (see `name_units`). Returns `model`."""
+    _check_engine(engine)
+    for module in model.modules():
+        if isinstance(module, DynamicModule):
+            module.engine = engine
+    return name_units(model)
+
+
+# --------------------------------------------------------------------------------------------
+# Sample routing
+# --------------------------------------------------------------------------------------------
+
+
+def _decision(keep: torch.Tensor, n: int, unit: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hard boolean decision, float gate or None) from a boolean or float `keep`."""
+    if not isinstance(keep, torch.Tensor):
+        raise TypeError(f"route(unit='{unit}'): keep must be a tensor, got {type(keep).__name__}")
+    if keep.dim() != 1:
+        keep = keep.reshape(keep.shape[0], -1) if keep.dim() else keep.reshape(1, 1)
+        if keep.shape[1] != 1:
+            raise ValueError(
+                f"route(unit='{unit}'): keep must hold one decision per row, got shape "
+                f"{tuple(keep.shape)}"
+            )
+        keep = keep[:, 0]
+    if keep.shape[0] != n:
+        raise ValueError(
+            f"route(unit='{unit}'): keep has {keep.shape[0]} decisions for a batch of {n} rows"
+        )
+    if keep.dtype == torch.bool:
+        return keep, None
+    return keep != 0, keep
+
+
+def _rows_view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _check_identity(unit: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    if y.shape[1:] != x.shape[1:]:
+        raise ValueError(
+            f"route(unit='{unit}'): the identity default needs the module to keep the row "
+            f"shape {tuple(x.shape[1:])}, but it returned {tuple(y.shape[1:])}; pass a "
+            "constant, tensor or callable default"
+        )
+
+
+def _check_rows(unit: str, value: torch.Tensor, n: int, what: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != n:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"route(unit='{unit}'): {what} must have {n} rows, got {shape}")
+    return value
+
+
+def _callable_default(default: Callable, x: torch.Tensor, unit: str) -> torch.Tensor:
+    out = default(x)
+    return _check_rows(unit, out, x.shape[0], "the callable default's output")
+
+
+def _constant_rows(
+    value: float, n: int, y: torch.Tensor | None, x: torch.Tensor, out_shape: Any, unit: str
+) -> torch.Tensor:
+    if y is not None:
+        return y.new_full((n, *y.shape[1:]), value)
+    if out_shape is None:
+        raise ValueError(
+            f"route(unit='{unit}'): no row was selected, so the output shape is unknown; a "
+            "constant default needs out_shape=(per-row shape)"
+        )
+    return x.new_full((n, *out_shape), value)
+
+
+def _blend(gate: torch.Tensor, y: torch.Tensor, d: torch.Tensor, finite: bool) -> torch.Tensor:
+    """Straight-through gate: gate·y + (1 − gate)·default (gate·y where default is ±inf)."""
+    g = _rows_view(gate, y).to(y.dtype)
+    if finite:
+        return g * y + (1 - g) * d
+    return torch.where(g != 0, g * y, d)
+
+
+def route(
+    module: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    keep: torch.Tensor,
+    *rows: torch.Tensor,
+    default: Any = IDENTITY,
+    unit: str | None = None,
+    engine: str | None = None,
+    out_shape: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """Run `module(x, *rows)` only on the rows of the batch where `keep` is true.
+
+    `keep`: one decision per row, boolean or float (a float gate skips where it is 0 and
+    multiplies the output elsewhere: `gate·y + (1 − gate)·default`, so a straight-through
+    gate's gradient reaches the controller). `rows`: further per-row inputs, gathered with `x`.
+    `default`, for skipped rows: `IDENTITY` (the input passes through), a number (e.g. 0.0 or
+    -inf logits; give `out_shape` if the selection can be empty), a tensor with one row per
+    sample, or a callable `default(x_skipped) -> rows`. `unit` names the decision in traces.
+
+    Sparse engine: gathers the selected rows, calls the module on them, scatters back; an empty
+    selection does not call the module at all, a full one calls it on `x` itself (no copy).
+    Masked engine: calls the module on every row and selects (or blends) by the decision.
+    """
+    unit = unit or getattr(module, "__name__", None) or type(module).__name__
+    engine = DEFAULT_ENGINE if engine is None else _check_engine(engine)
+    n = x.shape[0]
+    hard, gate = _decision(keep, n, unit)
+    for extra in rows:
+        _check_rows(unit, extra, n, "every per-row input")
+    if isinstance(default, torch.Tensor):
+        _check_rows(unit, default, n, "a tensor default")
+    tr = _ACTIVE
+    if tr is not None:
+        if tr._exec is None:
+            tr._ensure(x)
+        tr._record_unit(unit, hard)
+    if engine == "masked":
+        return _route_masked(module, x, rows, hard, gate, default, unit, tr)
+    return _route_sparse(module, x, rows, hard, gate, default, unit, out_shape, tr)
+
+
+def _route_sparse(
+    module: Callable, x: torch.Tensor, rows: tuple, hard: torch.Tensor,
+    gate: torch.Tensor | None, default: Any, unit: str, out_shape: Any, tr: Trace | None,
+) -> torch.Tensor:
+    n = x.shape[0]
+    idx = hard.nonzero().squeeze(1)
+    k = idx.numel()
+    finite = not (isinstance(default, (int, float)) and not math.isfinite(default))
+    if k == n:  # full selection: no gather, no scatter
+        y = module(x, *rows)
+        if gate is None:
+            return y
+        return _blend(gate, y, _default_all(default, x, y, out_shape, unit, tr), finite)
+    if k == 0:  # empty selection: the module does not run
+        return _default_all(default, x, None, out_shape, unit, tr)
+    xs = x.index_select(0, idx)
+    rs = [r.index_select(0, idx) for r in rows]
+    if tr is not None:
+        tr._push(idx, None)
+    try:
+        y = module(xs, *rs)
+    finally:
+        if tr is not None:
+            tr._pop()
+    skip = None
+    if gate is not None:
+        d_rows = _default_rows(default, x, xs, idx, y, unit)
+        y = _blend(gate.index_select(0, idx), y, d_rows, finite)
+    if default is IDENTITY:
+        _check_identity(unit, x, y)
+        return x.to(y.dtype).index_copy(0, idx, y)
+    if isinstance(default, torch.Tensor):
+        return default.to(y.dtype).index_copy(0, idx, y)
+    if callable(default):
+        skip = (~hard).nonzero().squeeze(1)
+        if tr is not None:
+            tr._push(skip, None)
+        try:
+            d = _callable_default(default, x.index_select(0, skip), unit)
+        finally:
+            if tr is not None:
+                tr._pop()
+        out = y.new_empty((n, *y.shape[1:]))
+        return out.index_copy(0, idx, y).index_copy(0, skip, d.to(y.dtype))
+    return _constant_rows(default, n, y, x, out_shape, unit).index_copy(0, idx, y)
+
+
+def _default_rows(
+    default: Any, x: torch.Tensor, xs: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, unit: str
+) -> torch.Tensor:
+    """The default values of the selected rows (for blending with a float gate)."""
+    if default is IDENTITY:
+        return xs
+    if isinstance(default, torch.Tensor):
+        return default.index_select(0, idx)
+    if callable(default):
+        return _callable_default(default, xs, unit)
+    return y.new_full(y.shape, default)
+
+
+def _default_all(
+    default: Any, x: torch.Tensor, y: torch.Tensor | None, out_shape: Any, unit: str,
+    tr: Trace | None,
+) -> torch.Tensor:
+    """The default values of every row (a callable default runs under its own frame, counted
+    for the rows that take it)."""
+    if default is IDENTITY:
+        if y is not None:
+            _check_identity(unit, x, y)
+        return x
+    if isinstance(default, torch.Tensor):
+        return default
+    if callable(default):
+        return _callable_default(default, x, unit)
+    return _constant_rows(default, x.shape[0], y, x, out_shape, unit)
+
+
+def _route_masked(
+    module: Callable, x: torch.Tensor, rows: tuple, hard: torch.Tensor,
+    gate: torch.Tensor | None, default: Any, unit: str, tr: Trace | None,
+) -> torch.Tensor:
+    if tr is not None:
+        tr._push(None, hard)
+    try:
+        y = module(x, *rows)
+    finally:
+        if tr is not None:
+            tr._pop()
+    if default is IDENTITY:
+        _check_identity(unit, x, y)
+        d = x
+    elif isinstance(default, torch.Tensor):
+        d = default
+    elif callable(default):
+        if tr is not None:
+            tr._push(None, ~hard)
+        try:
+            d = _callable_default(default, x, unit)
+        finally:
+            if tr is not None:
+                tr._pop()
+    else:
+        d = y.new_full(y.shape, default)
+    if gate is None:
+        return torch.where(_rows_view(hard, y), y, d.to(y.dtype))
+    finite = not (isinstance(default, (int, float)) and not math.isfinite(default))
+    return _blend(gate, y, d.to(y.dtype), finite)
+
+
+class SampleRouter(DynamicModule):
+    """`route` as a module: `SampleRouter(block, "layer2.3")(x, keep)`.
+
+    The wrapped module's state_dict keys gain a `module.` prefix.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        unit: str | None = None,
+        *,
+        default: Any = IDENTITY,
+        out_shape: tuple[int, ...] | None = None,
+    ):
+        super().__init__()
+        self.module = module
+        self.unit = unit
+        self.default = default
+        self.out_shape = out_shape
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, *rows: torch.Tensor) -> torch.Tensor:
+        return route(
+            self.module, x, keep, *rows, default=self.default,
+            unit=self.unit or f"SampleRouter@{id(self):x}", engine=self.engine,
+            out_shape=self.out_shape,
+        )
+
+    def extra_repr(self) -> str:
+        return f"unit={self.unit!r}, default={self.default!r}, engine={self.engine!r}"
+
+
+# --------------------------------------------------------------------------------------------
+# Channel gating
+# --------------------------------------------------------------------------------------------
+
+
+def _channel_decision(
+    mask: torch.Tensor | None, n: int, channels: int, what: str, unit: str
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if mask is None:
+        return None, None
+    if mask.dim() == 4:
+        mask = mask.reshape(mask.shape[0], mask.shape[1])
+    if mask.shape != (n, channels):
+        raise ValueError(
+            f"GatedConv2d '{unit}': {what} must have shape ({n}, {channels}), got "
+            f"{tuple(mask.shape)}"
+        )
+    if mask.dtype == torch.bool:
+        return mask, None
+    return mask != 0, mask
+
+
+class GatedConv2d(DynamicModule):
+    """A convolution (+ optional BatchNorm2d and element-wise activation) with per-sample
+    channel decisions.
+
+        y = act(norm(conv(x))) * gate        # gate: (N, C_out); zero entries are dropped
+
+    `gate` (boolean or float; floats also scale the kept channels, after the activation)
+    gates the output channels; `in_mask` (N, C_in) says which input channels are zero (the
+    previous gated layer's decision), so that their share of this convolution is not computed
+    either. LC-Net's C-Net gates a block's first convolution and passes the same decision as
+    `in_mask` to the second; FBS gates a chain of convolutions the same way.
+
+    Engines: `masked` runs the full convolution and multiplies (differentiable; executed MACs
+    are the full cost); `sparse` computes only kept channels: at batch 1 by slicing the weights
+    (and BatchNorm) to the kept output channels and the kept input channels, at batch > 1 by
+    grouping the samples that share a channel set and running each group sliced. Both engines
+    return the same tensor (dropped channels are zero). `groups` must be 1 or depthwise.
+    """
+
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        norm: nn.BatchNorm2d | None = None,
+        act: nn.Module | None = None,
+        *,
+        unit: str | None = None,
+    ):
+        super().__init__()
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"GatedConv2d wraps an nn.Conv2d, got {type(conv).__name__}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"GatedConv2d needs zero padding, got padding_mode='{conv.padding_mode}'")
+        depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+        if conv.groups != 1 and not depthwise:
+            raise ValueError(
+                f"GatedConv2d supports groups=1 or depthwise convolutions, got groups={conv.groups}"
+            )
+        if norm is not None:
+            if not isinstance(norm, nn.BatchNorm2d):
+                raise TypeError(f"GatedConv2d's norm must be nn.BatchNorm2d, got {type(norm).__name__}")
+            if norm.num_features != conv.out_channels:
+                raise ValueError(
+                    f"GatedConv2d: norm has {norm.num_features} features for "
+                    f"{conv.out_channels} output channels"
+                )
+        self.conv = conv
+        self.norm = norm
+        self.act = act
+        self.unit = unit
+        self.depthwise = depthwise
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels
+
+    def _name(self) -> str:
+        return self.unit or f"GatedConv2d@{id(self):x}"
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        gate: torch.Tensor | None = None,
+        in_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        n = x.shape[0]
+        unit = self._name()
+        out_keep, gate_f = _channel_decision(gate, n, self.conv.out_channels, "gate", unit)
+        in_keep, _ = _channel_decision(in_mask, n, self.conv.in_channels, "in_mask", unit)
+        tr = _ACTIVE
+        sparse = self.engine == "sparse" and (out_keep is not None or in_keep is not None)
+        with _Suppressed(tr):
+            if sparse:
+                y = self._sparse(x, out_keep, gate_f, in_keep, unit)
+            else:
+                y = self._dense(x, out_keep, gate_f, in_keep)
+        if tr is not None:
+            self._record(tr, x, y, out_keep, in_keep, sparse, unit)
+        return y
+
+    def _dense(
+        self, x: torch.Tensor, out_keep: Any, gate_f: Any, in_keep: Any
+    ) -> torch.Tensor:
+        if in_keep is not None:
+            x = x * in_keep[:, :, None, None].to(x.dtype)
+        y = self.conv(x)
+        if self.norm is not None:
+            y = self.norm(y)
+        if self.act is not None:
+            y = self.act(y)
+        if gate_f is not None:
+            return y * gate_f[:, :, None, None].to(y.dtype)
+        if out_keep is not None:
+            return y * out_keep[:, :, None, None].to(y.dtype)
+        return y
+
+    def _sparse(
+        self, x: torch.Tensor, out_keep: Any, gate_f: Any, in_keep: Any, unit: str
+    ) -> torch.Tensor:
+        norm = self.norm
+        if norm is not None and (self.training or norm.running_mean is None):
+            raise RuntimeError(
+                f"GatedConv2d '{unit}': the sparse engine slices BatchNorm running statistics, "
+                "so it runs in eval mode with tracked statistics only; use "
+                "set_engine(model, 'masked') for training"
+            )
+        n = x.shape[0]
+        use_in = in_keep is not None and not self.depthwise
+        masks = [m for m in ((in_keep if use_in else None), out_keep) if m is not None]
+        key = masks[0] if len(masks) == 1 else torch.cat(masks, 1)
+        cin = self.conv.in_channels if use_in else 0
+        if n == 1:
+            groups = [(None, key[0])]
+        else:
+            unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+            if len(unique) == 1:
+                groups = [(None, unique[0])]
+            else:
+                groups = [((inverse == g).nonzero().squeeze(1), unique[g]) for g in range(len(unique))]
+        out = None
+        for rows, pattern in groups:
+            ii = pattern[:cin].nonzero().squeeze(1) if use_in else None
+            oi = pattern[cin:].nonzero().squeeze(1) if out_keep is not None else None
+            if oi is not None and oi.numel() == 0:
+                continue  # every output channel dropped: zeros
+            xs = x if rows is None else x.index_select(0, rows)
+            y = self._sliced(xs, oi, ii)
+            if gate_f is not None:
+                g = gate_f if rows is None else gate_f.index_select(0, rows)
+                if oi is not None:
+                    g = g.index_select(1, oi)
+                y = y * g[:, :, None, None].to(y.dtype)
+            if rows is None and oi is None:
+                return y
+            if out is None:
+                out = y.new_zeros((n, self.conv.out_channels, *y.shape[2:]))
+            if rows is None:
+                out.index_copy_(1, oi, y)
+            elif oi is None:
+                out.index_copy_(0, rows, y)
+            else:
+                out.index_put_((rows[:, None], oi[None, :]), y)
+        if out is None:
+            out = x.new_zeros((n, self.conv.out_channels, *self._out_hw(x)))
+        return out
+
+    def _sliced(self, x: torch.Tensor, oi: Any, ii: Any) -> torch.Tensor:
+        conv = self.conv
+        weight, bias = conv.weight, conv.bias
+        if oi is not None:
+            weight = weight.index_select(0, oi)
+            bias = None if bias is None else bias.index_select(0, oi)
+        if self.depthwise:
+            if oi is not None:
+                x = x.index_select(1, oi)
+            groups = weight.shape[0]
+        else:
+            groups = 1
+            if ii is not None:
+                weight = weight.index_select(1, ii)
+                x = x.index_select(1, ii)
+        if x.shape[1] == 0:  # every input channel dropped: only the bias remains
+            y = x.new_zeros((x.shape[0], weight.shape[0], *self._out_hw(x)))
+            if bias is not None:
+                y = y + bias[None, :, None, None]
+        else:
+            y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, groups)
+        norm = self.norm
+        if norm is not None:
+            def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+                return t if t is None or oi is None else t.index_select(0, oi)
+
+            y = F.batch_norm(
+                y, pick(norm.running_mean), pick(norm.running_var), pick(norm.weight),
+                pick(norm.bias), False, 0.0, norm.eps,
+            )
+        if self.act is not None:
+            y = self.act(y)
+        return y
+
+    def _out_hw(self, x: torch.Tensor) -> tuple[int, int]:
+        conv = self.conv
+        probe = torch.empty((1, conv.in_channels, *x.shape[2:]), device="meta")
+        weight = torch.empty(conv.weight.shape, device="meta")
+        y = F.conv2d(probe, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return tuple(y.shape[2:])
+
+    def _record(
+        self, tr: Trace, x: torch.Tensor, y: torch.Tensor, out_keep: Any, in_keep: Any,
+        sparse: bool, unit: str,
+    ) -> None:
+        conv = self.conv
+        per_pair = y.shape[2] * y.shape[3] * math.prod(conv.kernel_size)
+        cout, cin = conv.out_channels, conv.in_channels // conv.groups
+        full = cout * cin * per_pair
+        n = x.shape[0]
+        device = x.device
+        n_out = out_keep.sum(1) if out_keep is not None else torch.full((n,), cout, device=device)
+        if self.depthwise:
+            both = n_out if in_keep is None else (
+                in_keep.sum(1) if out_keep is None else (in_keep & out_keep).sum(1)
+            )
+            theoretical = both * per_pair
+            executed = n_out * per_pair if sparse else full
+        else:
+            n_in = in_keep.sum(1) if in_keep is not None else cin
+            theoretical = n_out * n_in * per_pair
+            executed = theoretical if sparse else full
+        tr._add_rows(executed, theoretical.to(torch.int64), "conv")
+        if out_keep is not None:
+            tr._record_channels(unit, n_out)
