@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from benchmarks.data.base import DatasetInfo, FileCheck, register_dataset
 from benchmarks.data.manifest import Manifest, SplitEntry, load_manifest, manifest_path
@@ -111,7 +112,7 @@ def class_folders(folder: Path) -> list[str]:
 def scan_pool(raw: Path, pool: str, classes: Sequence[str]) -> tuple[list[str], list[int]]:
     """'<pool>/<class>/<file>' of every image in the class folders, sorted, and their sizes."""
     files, sizes = [], []
-    for cls in classes:
+    for cls in tqdm(classes, desc=f"scanning {pool}/", unit="class", disable=None, leave=False):
         folder = raw / pool / cls
         if not folder.is_dir():
             raise DataNotFoundError(f"class folder {folder} is missing")

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from benchmarks.data.base import DatasetInfo, FileCheck, TensorSplit, file_digest, register_dataset
 from benchmarks.data.manifest import Manifest, SplitEntry
@@ -227,7 +228,8 @@ class LFWB(PreparedSource):
         out = np.empty((len(boxes), CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
         content = hashlib.sha256()
         starts = np.searchsorted(boxes[:, 0], np.arange(len(images) + 1))
-        for i, rel in enumerate(images):
+        progress = tqdm(images, desc="lfw-b: cutting crops", unit="image", disable=None, leave=False)
+        for i, rel in enumerate(progress):
             data = (raw / rel).read_bytes()
             content.update(f"{rel}\t{hashlib.sha256(data).hexdigest()}\n".encode())
             with Image.open(io.BytesIO(data)) as img:
