@@ -31,6 +31,7 @@ time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import math
 import os
@@ -43,6 +44,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+try:
+    import resource  # Unix: counts involuntary context switches (preemptions)
+except ImportError:  # pragma: no cover - Windows
+    resource = None
 
 from benchmarks.data.manifest import index_list_sha256
 from benchmarks.environment import environment_hash, environment_record
@@ -289,25 +295,57 @@ def cuda_event_timer(device: torch.device) -> Callable[[Callable[[], Any]], int]
     return time_call
 
 
+def involuntary_switches() -> int:
+    """Involuntary context switches of this process so far (all threads): preemptions.
+
+    A call during which the count rises was interrupted by another process; its time says
+    more about the machine's load than about the model.
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+
+
+def _no_switches() -> int:
+    return 0
+
+
 @dataclass
 class RawTimings:
-    """What the timing loop saw: every call, warm-up included, in issue order."""
+    """What the timing loop saw: every attempt, warm-up included, in issue order.
+
+    Each timed slot (a call in the round-robin schedule) keeps exactly one timing: its first
+    attempt that was not preempted, or its last attempt when all were. Re-issuing the *same*
+    batch keeps the issuing of samples equal and does not select on the time itself.
+    """
 
     batch_size: int
     set_size: int
     period: int
     warmup_ns: list[int] = field(default_factory=list)
+    warmup_preempted: list[int] = field(default_factory=list)
     warmup_elapsed_ns: int = 0
+    #: every timed-phase attempt: (slot, attempt, time_ns, preemptions)
+    attempts: list[tuple[int, int, int, int]] = field(default_factory=list)
+    #: the kept timing of each slot and its preemption count
     timed_ns: list[int] = field(default_factory=list)
-    #: how many times each sample-set position was issued in the timed phase
+    timed_preempted: list[int] = field(default_factory=list)
+    #: how many times each sample-set position was issued in the kept timings
     issues: list[int] = field(default_factory=list)
 
     @property
     def warmup_calls(self) -> int:
         return len(self.warmup_ns)
 
+    @property
+    def retried_calls(self) -> int:
+        return len(self.attempts) - len(self.timed_ns)
+
+    @property
+    def preempted_fraction(self) -> float:
+        """Fraction of kept timings that were still preempted (0 on a quiet machine)."""
+        return sum(p > 0 for p in self.timed_preempted) / max(1, len(self.timed_preempted))
+
     def first_positions(self) -> list[int]:
-        """Sample-set position of each timed call's first sample."""
+        """Sample-set position of each timed slot's first sample."""
         return [(c * self.batch_size) % self.set_size for c in range(len(self.timed_ns))]
 
 
@@ -321,9 +359,11 @@ def time_calls(
     warmup_iters: int,
     warmup_s: float,
     min_time_s: float = 0.0,
+    retries: int = 0,
     clock: Clock = time.perf_counter_ns,
     synchronize: Callable[[], None] = _no_sync,
     timer: Callable[[Callable[[], Any]], int] | None = None,
+    preemptions: Callable[[], int] | None = None,
     progress: bool | None = False,
     desc: str = "",
 ) -> RawTimings:
@@ -332,27 +372,36 @@ def time_calls(
     Warm-up issues batches until at least `warmup_iters` calls AND `warmup_s` seconds (on
     `clock`, synchronized) have passed. The timed phase starts again at the first batch and
     runs whole periods until at least `repeats` calls and `min_time_s` seconds are done.
+    A timed call that `preemptions` (default: the process's involuntary context switches)
+    shows was interrupted is re-issued, same batch, up to `retries` times.
     `timer` times one call (default: `clock` around the call and `synchronize`).
     """
     period = len(batches)
     if period != issue_period(set_size, batch_size):
         raise ValueError(f"expected one period ({issue_period(set_size, batch_size)}) of batches")
-    if repeats < 1 or warmup_iters < 0 or warmup_s < 0 or min_time_s < 0:
+    if repeats < 1 or retries < 0 or warmup_iters < 0 or warmup_s < 0 or min_time_s < 0:
         raise ConfigError(
-            f"repeats must be >= 1 and warm-up/min time >= 0 "
-            f"(got repeats={repeats}, warmup_iters={warmup_iters}, warmup_s={warmup_s}, "
-            f"min_time_s={min_time_s})"
+            f"repeats must be >= 1 and retries, warm-up and min time >= 0 "
+            f"(got repeats={repeats}, retries={retries}, warmup_iters={warmup_iters}, "
+            f"warmup_s={warmup_s}, min_time_s={min_time_s})"
         )
     time_call = timer or wall_timer(clock, synchronize)
+    switches = preemptions or (involuntary_switches if resource is not None else _no_switches)
     raw = RawTimings(batch_size=batch_size, set_size=set_size, period=period)
+
+    def attempt(batch: torch.Tensor) -> tuple[int, int]:
+        before = switches()
+        ns = time_call(lambda: fn(batch))
+        return ns, switches() - before
 
     # Warm-up: by count and by time, both.
     warmup_goal_ns = round(warmup_s * 1e9)
     start = clock()
     call = 0
     while call < warmup_iters or clock() - start < warmup_goal_ns:
-        batch = batches[call % period]
-        raw.warmup_ns.append(time_call(lambda b=batch: fn(b)))
+        ns, preempted = attempt(batches[call % period])
+        raw.warmup_ns.append(ns)
+        raw.warmup_preempted.append(preempted)
         call += 1
     raw.warmup_elapsed_ns = clock() - start
 
@@ -362,13 +411,19 @@ def time_calls(
     bar = _progress_bar(planned, progress, desc)
     gc_was_enabled = gc.isenabled()
     gc.collect()
-    gc.disable()
+    gc.disable()  # a collection inside a timed call is the harness's noise, not the model's
     try:
         start = clock()
         call = 0
         while call < planned:
             batch = batches[call % period]
-            raw.timed_ns.append(time_call(lambda b=batch: fn(b)))
+            for tries in range(retries + 1):
+                ns, preempted = attempt(batch)
+                raw.attempts.append((call, tries, ns, preempted))
+                if not preempted:
+                    break
+            raw.timed_ns.append(ns)
+            raw.timed_preempted.append(preempted)
             call += 1
             if call == planned and clock() - start < min_time_ns:
                 planned += period  # keep going, one whole period at a time
@@ -473,7 +528,9 @@ class LatencyConfig:
     `threads` pins torch's intra-op threads (None keeps torch's current setting, which is
     then recorded). `repeats` is the minimum number of timed calls, rounded up to whole
     issue periods (at batch 1 over 256 samples, that is 256 calls). Timing continues by whole
-    periods until `min_time_s` has also passed.
+    periods until `min_time_s` has also passed. A timed call during which another process
+    preempted this one is re-issued (same batch) up to `retries` times; every attempt is kept
+    in the raw timings and the rows report the fraction still preempted.
     """
 
     device: str = "cpu"
@@ -483,6 +540,7 @@ class LatencyConfig:
     warmup_iters: int = 10
     warmup_s: float = 1.0
     min_time_s: float = 2.0
+    retries: int = 3
     dtype: str = "float32"
     channels_last: bool = False
     compile_mode: str | None = None
@@ -500,8 +558,8 @@ class LatencyConfig:
             )
         if self.repeats < 1:
             raise ConfigError(f"repeats must be >= 1, got {self.repeats}")
-        if self.warmup_iters < 0 or self.warmup_s < 0 or self.min_time_s < 0:
-            raise ConfigError("warm-up count, warm-up time and minimum time must be >= 0")
+        if min(self.warmup_iters, self.warmup_s, self.min_time_s, self.retries) < 0:
+            raise ConfigError("warm-up count, warm-up time, minimum time and retries must be >= 0")
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
@@ -518,18 +576,23 @@ class LatencyMeasurement:
     raw: RawTimings
 
     def raw_rows(self) -> list[dict[str, Any]]:
-        """The raw timings as tidy rows (warm-up calls included, marked as such)."""
+        """Every attempt as a tidy row: warm-up calls, re-issued (not kept) and kept timings."""
         keys = {k: self.row[k] for k in ("model", "engine", "device", "batch_size")}
         keys["sample_set_sha256"] = self.row["sample_set_sha256"]
         keys["environment_hash"] = self.row["environment_hash"]
         n, b = self.raw.set_size, self.raw.batch_size
         rows = [
-            {**keys, "phase": "warmup", "call": i, "first_sample": (i * b) % n, "time_ns": t}
-            for i, t in enumerate(self.raw.warmup_ns)
+            {**keys, "phase": "warmup", "call": i, "attempt": 0, "first_sample": (i * b) % n,
+             "time_ns": t, "preemptions": p, "kept": False}
+            for i, (t, p) in enumerate(zip(self.raw.warmup_ns, self.raw.warmup_preempted, strict=True))
         ]
+        # a slot keeps its last attempt: the first clean one, or the last try
+        last = {call: attempt for call, attempt, _, _ in self.raw.attempts}
         rows += [
-            {**keys, "phase": "timed", "call": i, "first_sample": (i * b) % n, "time_ns": t}
-            for i, t in enumerate(self.raw.timed_ns)
+            {**keys, "phase": "timed", "call": call, "attempt": attempt,
+             "first_sample": (call * b) % n, "time_ns": t, "preemptions": p,
+             "kept": attempt == last[call]}
+            for call, attempt, t, p in self.raw.attempts
         ]
         return rows
 
@@ -548,9 +611,7 @@ def pinned_threads(threads: int | None) -> Iterator[int]:
 
 def is_dynamic(model: nn.Module) -> bool:
     """True when the model routes through benchmarks.routing primitives."""
-    if _routing is None:
-        return False
-    return any(isinstance(m, _routing.DynamicModule) for m in model.modules())
+    return _routing is not None and _routing.is_dynamic(model)
 
 
 def model_engines(model: nn.Module, engines: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -563,6 +624,14 @@ def model_engines(model: nn.Module, engines: Sequence[str] | None = None) -> tup
         if engine not in known:
             raise ConfigError(f"unknown engine '{engine}'; expected one of {', '.join(known)}")
     return chosen
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: how busy the machine was (None where unknown)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # pragma: no cover - Windows
+        return None
 
 
 def _synchronizer(device: torch.device) -> Callable[[], None]:
@@ -594,14 +663,15 @@ def measure_model(
     engines: Sequence[str] | None = None,
     clock: Clock = time.perf_counter_ns,
     synchronize: Callable[[], None] | None = None,
+    preemptions: Callable[[], int] | None = None,
     progress: bool | None = False,
     extra: Mapping[str, Any] | None = None,
 ) -> list[LatencyMeasurement]:
     """Time `model` on `samples` at every batch size of `config`, for each engine.
 
     Static models are timed once per batch size (engine 'none'); dynamic ones in both
-    engines unless `engines` narrows it. `clock` and `synchronize` are injectable for tests;
-    on CUDA the per-call time comes from CUDA events. `extra` columns are added to every row.
+    engines unless `engines` narrows it. `clock`, `synchronize` and `preemptions` are
+    injectable for tests; on CUDA the per-call time comes from CUDA events. `extra` columns are added to every row.
     """
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -625,6 +695,7 @@ def measure_model(
             for batch_size in config.batch_sizes:
                 batches = round_robin_batches(inputs, int(batch_size))
                 timer = cuda_event_timer(device) if device.type == "cuda" and synchronize is None else None
+                load_start = load_average()
                 with torch.inference_mode():
                     _check_runs(runnable, batches[0], model_name, samples)
                     raw = time_calls(
@@ -636,13 +707,18 @@ def measure_model(
                         warmup_iters=config.warmup_iters,
                         warmup_s=config.warmup_s,
                         min_time_s=config.min_time_s,
+                        retries=config.retries,
                         clock=clock,
                         synchronize=sync,
                         timer=timer,
+                        preemptions=preemptions,
                         progress=progress,
                         desc=f"{model_name} {engine} b{batch_size}",
                     )
-                row = _summary_row(model_name, engine, config, samples, raw, threads, env, env_hash)
+                load = (load_start, load_average())
+                row = _summary_row(
+                    model_name, engine, config, samples, raw, threads, env, env_hash, load
+                )
                 if extra:
                     row.update(extra)
                 results.append(LatencyMeasurement(row=row, raw=raw))
@@ -671,6 +747,7 @@ def _summary_row(
     threads: int,
     env: dict[str, Any],
     env_hash: str,
+    load: tuple[float | None, float | None],
 ) -> dict[str, Any]:
     stats = summarize_times(raw.timed_ns)
     issues = set(raw.issues)
@@ -691,6 +768,11 @@ def _summary_row(
         "warmup_s": raw.warmup_elapsed_ns / 1e9,
         "timed_calls": len(raw.timed_ns),
         "issues_per_sample": issues.pop(),
+        "retries": config.retries,
+        "retried_calls": raw.retried_calls,
+        "preempted_fraction": raw.preempted_fraction,
+        "load_1m_start": load[0],
+        "load_1m_end": load[1],
         **stats,
         "per_sample_p50_ms": stats["p50_ms"] / b,
         "per_sample_mean_ms": stats["mean_ms"] / b,
@@ -699,6 +781,117 @@ def _summary_row(
     }
     row.update({f"env_{k}": v for k, v in env.items()})
     return row
+
+
+# --------------------------------------------------------------------------------------------
+# Realization: measured speed-up over the static backbone vs MACs reduction
+# --------------------------------------------------------------------------------------------
+
+
+def mean_executed_macs(
+    model: nn.Module, samples: LatencySampleSet, engine: str = STATIC_ENGINE
+) -> float:
+    """Mean executed MACs per sample (controller included) over the latency sample set.
+
+    Counted by `benchmarks.cost` on the very images that are timed, in `engine` (for a
+    dynamic model); the masked engine's executed MACs are its full cost.
+    """
+    from benchmarks.cost import measure_cost
+
+    result = measure_cost(
+        model, samples.images, engine=None if engine == STATIC_ENGINE else engine, batch_size=64
+    )
+    return float(result.summary["macs_executed"]["mean"])
+
+
+def realization_rows(
+    dynamic: Sequence[Mapping[str, Any]],
+    static: Sequence[Mapping[str, Any]],
+    dynamic_macs: Mapping[str, float],
+    static_macs: float,
+    statistic: str = "p50_ms",
+) -> list[dict[str, Any]]:
+    """One realization row per dynamic (engine, batch size) row with a static row of that size.
+
+    `dynamic_macs` maps engine -> mean executed MACs per sample; the ratio uses `statistic`
+    (the median by default, which on a shared machine is the stable one).
+    """
+    by_batch = {row["batch_size"]: row for row in static}
+    rows = []
+    for row in dynamic:
+        base = by_batch.get(row["batch_size"])
+        if base is None:
+            continue
+        macs = dynamic_macs[row["engine"]]
+        ratio = realization_ratio(row, base, macs, static_macs, statistic)
+        rows.append(
+            {
+                "model": row["model"],
+                "baseline": base["model"],
+                "engine": row["engine"],
+                "device": row["device"],
+                "batch_size": row["batch_size"],
+                "statistic": statistic,
+                "latency_ms": row[statistic],
+                "baseline_latency_ms": base[statistic],
+                "macs": macs,
+                "baseline_macs": static_macs,
+                **ratio,
+                "threads": row["threads"],
+                "sample_set_sha256": row["sample_set_sha256"],
+                "preempted_fraction": max(row["preempted_fraction"], base["preempted_fraction"]),
+                "load_1m_start": row["load_1m_start"],
+                "environment_hash": row["environment_hash"],
+            }
+        )
+    return rows
+
+
+@dataclass
+class RealizationResult:
+    dynamic: list[LatencyMeasurement]
+    static: list[LatencyMeasurement]
+    rows: list[dict[str, Any]]
+    dynamic_macs: dict[str, float]
+    static_macs: float
+
+
+def measure_realization(
+    dynamic_model: nn.Module,
+    static_model: nn.Module,
+    samples: LatencySampleSet,
+    dynamic_name: str,
+    static_name: str,
+    config: LatencyConfig = LatencyConfig(),
+    *,
+    engines: Sequence[str] | None = None,
+    progress: bool | None = False,
+    **timing: Any,
+) -> RealizationResult:
+    """Time a dynamic model and its static backbone on the same samples; their ratio rows.
+
+    MACs come from `benchmarks.cost` on the sample set. The two models are timed batch size
+    by batch size, back to back (static first), so that a change in the machine's load
+    between them affects one ratio, not all. `timing` goes to `measure_model` (fake clocks).
+    """
+    chosen = model_engines(dynamic_model, engines)
+    dynamic_macs = {e: mean_executed_macs(dynamic_model, samples, e) for e in chosen}
+    static_macs = mean_executed_macs(static_model, samples)
+    dyn: list[LatencyMeasurement] = []
+    stat: list[LatencyMeasurement] = []
+    for batch_size in config.batch_sizes:
+        one = dataclasses.replace(config, batch_sizes=(batch_size,))
+        stat += measure_model(
+            static_model, samples, static_name, one, progress=progress,
+            extra={"macs_per_sample": static_macs}, **timing,
+        )
+        for engine in chosen:
+            dyn += measure_model(
+                dynamic_model, samples, dynamic_name, one, engines=(engine,), progress=progress,
+                extra={"macs_per_sample": dynamic_macs[engine]}, **timing,
+            )
+    rows = realization_rows([m.row for m in dyn], [m.row for m in stat], dynamic_macs, static_macs)
+    return RealizationResult(dyn, stat, rows, dynamic_macs, static_macs)
 
 
 SUMMARY_COLUMNS = (

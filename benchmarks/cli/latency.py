@@ -27,11 +27,19 @@ from benchmarks.latency import (
     LatencyConfig,
     LatencyMeasurement,
     format_table,
+    is_dynamic,
     latency_sample_set,
     measure_model,
+    measure_realization,
 )
 
 DEFAULTS = LatencyConfig()
+REALIZATION_COLUMNS = (
+    "model", "baseline", "engine", "batch_size", "latency_ms", "baseline_latency_ms",
+    "speedup", "macs_reduction", "realization_ratio",
+)
+#: above this fraction of preempted kept calls, the run warns that its numbers are inflated
+BUSY_FRACTION = 0.1
 
 
 def _int_list(value: str, option: str) -> tuple[int, ...]:
@@ -53,6 +61,11 @@ def _rows_csv(rows: Sequence[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Rows as a CSV, atomically (columns: the union of the rows' keys, in first-seen order)."""
+    return atomic_write_text(path, _rows_csv(rows))
 
 
 def raw_file_name(row: dict[str, Any]) -> str:
@@ -106,6 +119,8 @@ def _build(model_name: str, weights: str | None):
               help="Minimum warm-up calls per batch size.")
 @click.option("--min-time-s", type=float, default=DEFAULTS.min_time_s, show_default=True,
               help="Minimum timed duration per batch size.")
+@click.option("--retries", type=int, default=DEFAULTS.retries, show_default=True,
+              help="Re-issue a timed call preempted by another process up to N times.")
 @click.option("--samples", type=int, default=DEFAULT_SAMPLE_COUNT, show_default=True,
               help="Size of the latency sample set.")
 @click.option("--seed", type=int, default=DEFAULT_SAMPLE_SEED, show_default=True,
@@ -133,6 +148,7 @@ def latency(
     warmup_s: float,
     warmup_iters: int,
     min_time_s: float,
+    retries: int,
     samples: int,
     seed: int,
     dtype: str,
@@ -159,6 +175,7 @@ def latency(
         warmup_iters=warmup_iters,
         warmup_s=warmup_s,
         min_time_s=min_time_s,
+        retries=retries,
         dtype=dtype,
         channels_last=channels_last,
         compile_mode=compile_mode,
@@ -175,19 +192,48 @@ def latency(
     ensure_dir(out_dir)  # fail on an unwritable folder before minutes of measurement
 
     model = _build(model_name, weights)
+    static = None
+    if baseline is not None:
+        static = _build(baseline, baseline_weights)
+        if is_dynamic(static):
+            raise ConfigError(f"--baseline '{baseline}' is a dynamic model; name a static backbone")
+    elif baseline_weights:
+        raise ConfigError("--baseline-weights needs --baseline")
     click.echo(
         f"{model_name}: {len(sample_set)} test images of {dataset} "
         f"(seed {seed}, sha256 {sample_set.sha256[:12]}), device {device}, "
         f"threads {config.threads}",
         err=True,
     )
-    measurements = measure_model(
-        model, sample_set, model_name, config, engines=engines or None, progress=None
-    )
+    realization = None
+    if static is None:
+        measurements = measure_model(
+            model, sample_set, model_name, config, engines=engines or None, progress=None
+        )
+    else:
+        realization = measure_realization(
+            model, static, sample_set, model_name, baseline, config,
+            engines=engines or None, progress=None,
+        )
+        measurements = realization.static + realization.dynamic
     summary = write_measurements(out_dir, measurements)
     rows = [m.row for m in measurements]
 
     click.echo(format_table(rows))
+    if realization is not None:
+        write_rows(out_dir / "realization.csv", realization.rows)
+        click.echo("")
+        click.echo(format_table(realization.rows, REALIZATION_COLUMNS))
+    busy = [r for r in rows if r["preempted_fraction"] > BUSY_FRACTION]
+    if busy:
+        worst = max(r["preempted_fraction"] for r in busy)
+        click.echo(
+            f"warning: the machine was busy (load {busy[0]['load_1m_start']}): up to "
+            f"{worst:.0%} of kept calls were preempted by other processes; latencies are "
+            f"inflated. Measure on a quieter machine for comparable numbers.",
+            err=True,
+        )
     click.echo(f"summary: {summary}", err=True)
+    if realization is not None:
+        click.echo(f"realization: {out_dir / 'realization.csv'}", err=True)
     click.echo(f"raw timings: {out_dir / 'raw'}", err=True)
-

@@ -89,7 +89,8 @@ def test_median_ignores_a_few_interrupted_calls():
 
 def run_loop(clock, model, n=8, b=1, **kwargs):
     images = positions_images(n)
-    defaults = dict(repeats=1, warmup_iters=0, warmup_s=0.0, min_time_s=0.0)
+    defaults = dict(repeats=1, warmup_iters=0, warmup_s=0.0, min_time_s=0.0,
+                    preemptions=lambda: 0)
     return lat.time_calls(
         model,
         lat.round_robin_batches(images, b),
@@ -157,6 +158,30 @@ def test_min_time_extends_by_whole_periods():
     raw = run_loop(clock, model, n=8, b=1, repeats=1, min_time_s=0.020)
     assert len(raw.timed_ns) == 24
     assert raw.issues == [3] * 8
+
+
+def test_preempted_calls_are_reissued_with_the_same_batch_and_kept_apart():
+    clock = FakeClock()
+    switches = {"n": 0}
+    preempted_calls = {1, 2, 3, 9}  # model calls during which "another process" ran
+
+    def durations(i):
+        if i in preempted_calls:
+            switches["n"] += 1
+            return 50_000_000
+        return 1_000_000
+
+    model = Recorder(clock, durations)
+    raw = run_loop(clock, model, n=4, b=1, repeats=4, retries=2,
+                   preemptions=lambda: switches["n"])
+    # slot 0 clean; slot 1: calls 1, 2, 3 all preempted -> kept the last try;
+    # slot 2 (call 4) and slot 3 (call 5) clean
+    assert [c[0] for c in model.calls] == [0, 1, 1, 1, 2, 3]
+    assert raw.timed_ns == [1_000_000, 50_000_000, 1_000_000, 1_000_000]
+    assert raw.timed_preempted == [0, 1, 0, 0]
+    assert raw.retried_calls == 2 and raw.preempted_fraction == 0.25
+    assert raw.issues == [1, 1, 1, 1]  # re-issuing kept the issuing equal
+    assert len(raw.attempts) == 6
 
 
 def test_issue_period_and_positions():
@@ -247,7 +272,7 @@ def test_measure_model_rows_on_a_fake_clock():
     config = lat.LatencyConfig(batch_sizes=(1, 4), threads=1, repeats=3, warmup_iters=2,
                                warmup_s=0.0, min_time_s=0.0)
     results = lat.measure_model(net, samples, "clocked", config, clock=clock,
-                                synchronize=clock.synchronize())
+                                synchronize=clock.synchronize(), preemptions=lambda: 0)
     rows = {r.row["batch_size"]: r.row for r in results}
     assert set(rows) == {1, 4}
     one, four = rows[1], rows[4]
@@ -265,6 +290,8 @@ def test_measure_model_rows_on_a_fake_clock():
     assert all(net.seen_grad_mode)  # every call in eval + inference mode
     raw = results[1].raw_rows()
     assert [r["phase"] for r in raw] == ["warmup"] * 2 + ["timed"] * 4
+    assert [r["kept"] for r in raw] == [False] * 2 + [True] * 4
+    assert four["retried_calls"] == 0 and four["preempted_fraction"] == 0.0
     assert [r["first_sample"] for r in raw if r["phase"] == "timed"] == [0, 4, 8, 12]
 
 
@@ -356,7 +383,7 @@ def test_cli_writes_summary_and_raw_csvs(tmp_path, capsys):
         assert row["environment_hash"] and row["sample_set_sha256"]
         with open(out / row["raw_file"], newline="") as fh:
             raw = list(csv.DictReader(fh))
-        timed = [r for r in raw if r["phase"] == "timed"]
+        timed = [r for r in raw if r["phase"] == "timed" and r["kept"] == "True"]
         assert len(timed) == int(row["timed_calls"]) and all(int(r["time_ns"]) > 0 for r in timed)
     assert not list(out.rglob("*.tmp"))
 
@@ -377,3 +404,103 @@ def test_cli_bad_input_exits_2_with_one_message(args, message, capsys, tmp_path)
     assert code == 2
     assert message in stderr and "Traceback" not in stderr
     assert not (tmp_path / "o" / "latency_summary.csv").exists()
+
+
+# --- dynamic models and the realization ratio, on a fake clock ------------------------------
+
+
+class MacsClock:
+    """Advances a fake clock by 1 ns per MAC of every conv/linear call: time ∝ MACs."""
+
+    def __init__(self, clock: FakeClock, model: nn.Module, per_route_ns: int = 0):
+        self.clock = clock
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.register_forward_hook(self.hook)
+        self.per_route_ns = per_route_ns
+
+    def hook(self, m, args, out):
+        k = m.in_channels * m.kernel_size[0] * m.kernel_size[1] if isinstance(m, nn.Conv2d) else m.in_features
+        self.clock.advance(out.numel() * k)
+
+
+def fake_timing(clock):
+    return dict(clock=clock, synchronize=clock.synchronize(), preemptions=lambda: 0)
+
+
+def test_dynamic_model_is_timed_in_both_engines():
+    pytest.importorskip("benchmarks.routing")
+    from tests.benchmarks.test_bench_latency import toy_pair
+
+    model, _ = toy_pair(width=4)
+    assert lat.is_dynamic(model) and lat.model_engines(model) == ("masked", "sparse")
+    assert lat.model_engines(model, ["sparse"]) == ("sparse",)
+    with pytest.raises(ConfigError):
+        lat.model_engines(model, ["fast"])
+    clock = FakeClock()
+    MacsClock(clock, model)
+    config = lat.LatencyConfig(batch_sizes=(1, 8), repeats=1, warmup_iters=1, warmup_s=0,
+                               min_time_s=0)
+    samples = lat.latency_sample_set("digits", count=16)
+    rows = [m.row for m in lat.measure_model(model, samples, "toy", config, **fake_timing(clock))]
+    assert [(r["engine"], r["batch_size"]) for r in rows] == [
+        ("masked", 1), ("masked", 8), ("sparse", 1), ("sparse", 8)
+    ]
+    masked, sparse = rows[0], rows[2]
+    # the sparse engine runs half the blocks: on a clock ∝ MACs it takes about half the time
+    assert sparse["mean_ms"] < 0.6 * masked["mean_ms"]
+
+
+def test_realization_is_one_when_time_follows_macs_and_drops_with_overhead():
+    pytest.importorskip("benchmarks.routing")
+    from benchmarks import routing
+    from tests.benchmarks.test_bench_latency import toy_pair
+
+    model, backbone = toy_pair(width=4)
+    clock = FakeClock()
+    MacsClock(clock, backbone)  # the dynamic model shares the backbone's layers and hooks
+    samples = lat.latency_sample_set("digits", count=16)
+    config = lat.LatencyConfig(batch_sizes=(1, 16), repeats=1, warmup_iters=0, warmup_s=0,
+                               min_time_s=0)
+    result = lat.measure_realization(model, backbone, samples, "toy", "backbone", config,
+                                     engines=("sparse",), **fake_timing(clock))
+    assert result.static_macs > result.dynamic_macs["sparse"] > 0.45 * result.static_macs
+    assert [r["batch_size"] for r in result.rows] == [1, 16]
+    for row in result.rows:
+        assert row["macs_reduction"] == pytest.approx(result.static_macs / result.dynamic_macs["sparse"])
+        assert row["realization_ratio"] == pytest.approx(1.0, rel=1e-6)
+
+    # a fixed cost per routing decision (gather/scatter overhead) lowers the ratio below 1
+    original = routing.route
+
+    def slow_route(*args, **kwargs):
+        clock.advance(200_000)
+        return original(*args, **kwargs)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(routing, "route", slow_route):
+        slowed = lat.measure_realization(model, backbone, samples, "toy", "backbone", config,
+                                         engines=("sparse",), **fake_timing(clock))
+    assert all(r["realization_ratio"] < 0.95 for r in slowed.rows)
+
+
+def test_cli_baseline_writes_realization(tmp_path, capsys):
+    pytest.importorskip("benchmarks.cost")
+    out = tmp_path / "lat"
+    code, stdout, stderr = run_cli(
+        ["latency", "digits_cnn", "--batch", "8", "--baseline", "fmnist_cnn", "--out", str(out),
+         *FAST], capsys,
+    )
+    assert code == 0, stderr
+    with open(out / "realization.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["model"], row["baseline"], row["engine"]) == ("digits_cnn", "fmnist_cnn", "none")
+    assert float(row["macs_reduction"]) == pytest.approx(float(row["baseline_macs"]) / float(row["macs"]))
+    ratio = float(row["speedup"]) / float(row["macs_reduction"])
+    assert float(row["realization_ratio"]) == pytest.approx(ratio)
+    with open(out / "latency_summary.csv", newline="") as fh:
+        assert {r["model"] for r in csv.DictReader(fh)} == {"digits_cnn", "fmnist_cnn"}
+    assert "realization_ratio" in stdout
