@@ -776,7 +776,7 @@ def _summary_row(
         **stats,
         "per_sample_p50_ms": stats["p50_ms"] / b,
         "per_sample_mean_ms": stats["mean_ms"] / b,
-        "throughput_sps": 1e3 * b / stats["mean_ms"],
+        "throughput_sps": 1e3 * b / stats["mean_ms"] if stats["mean_ms"] > 0 else float("nan"),
         "environment_hash": env_hash,
     }
     row.update({f"env_{k}": v for k, v in env.items()})

@@ -103,8 +103,7 @@ def digits_batch() -> torch.Tensor:
 def test_bench_static_backbone(benchmark, digits_batch, batch_size):
     _, backbone = toy_pair(width=16)
     x = digits_batch[:batch_size]
-    torch.set_num_threads(1)
-    with torch.inference_mode():
+    with lat.pinned_threads(1), torch.inference_mode():
         out = benchmark(backbone, x)
     assert out.shape == (batch_size, 10)
 
@@ -116,8 +115,7 @@ def test_bench_skip_half(benchmark, digits_batch, batch_size, engine):
     model, backbone = toy_pair(width=16)
     routing.set_engine(model, engine)
     x = digits_batch[:batch_size]
-    torch.set_num_threads(1)
-    with torch.inference_mode():
+    with lat.pinned_threads(1), torch.inference_mode():
         out = benchmark(model, x)
         reference = model.set_engine("masked")(x)
     assert torch.allclose(out, reference, atol=1e-5)  # both engines compute the same thing

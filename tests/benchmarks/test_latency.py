@@ -420,7 +420,10 @@ class MacsClock:
         self.per_route_ns = per_route_ns
 
     def hook(self, m, args, out):
-        k = m.in_channels * m.kernel_size[0] * m.kernel_size[1] if isinstance(m, nn.Conv2d) else m.in_features
+        if isinstance(m, nn.Conv2d):
+            k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            k = m.in_features
         self.clock.advance(out.numel() * k)
 
 
@@ -467,7 +470,8 @@ def test_realization_is_one_when_time_follows_macs_and_drops_with_overhead():
     assert result.static_macs > result.dynamic_macs["sparse"] > 0.45 * result.static_macs
     assert [r["batch_size"] for r in result.rows] == [1, 16]
     for row in result.rows:
-        assert row["macs_reduction"] == pytest.approx(result.static_macs / result.dynamic_macs["sparse"])
+        reduction = result.static_macs / result.dynamic_macs["sparse"]
+        assert row["macs_reduction"] == pytest.approx(reduction)
         assert row["realization_ratio"] == pytest.approx(1.0, rel=1e-6)
 
     # a fixed cost per routing decision (gather/scatter overhead) lowers the ratio below 1
@@ -498,9 +502,57 @@ def test_cli_baseline_writes_realization(tmp_path, capsys):
     assert len(rows) == 1
     row = rows[0]
     assert (row["model"], row["baseline"], row["engine"]) == ("digits_cnn", "fmnist_cnn", "none")
-    assert float(row["macs_reduction"]) == pytest.approx(float(row["baseline_macs"]) / float(row["macs"]))
+    reduction = float(row["baseline_macs"]) / float(row["macs"])
+    assert float(row["macs_reduction"]) == pytest.approx(reduction)
     ratio = float(row["speedup"]) / float(row["macs_reduction"])
     assert float(row["realization_ratio"]) == pytest.approx(ratio)
     with open(out / "latency_summary.csv", newline="") as fh:
         assert {r["model"] for r in csv.DictReader(fh)} == {"digits_cnn", "fmnist_cnn"}
     assert "realization_ratio" in stdout
+
+
+# --- options and devices --------------------------------------------------------------------
+
+
+def test_channels_last_and_dtype_are_applied_and_recorded():
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+
+        def forward(self, x):
+            seen.append((x.dtype, x.is_contiguous(memory_format=torch.channels_last),
+                         self.conv.weight.dtype))
+            return self.conv(x)
+
+    config = lat.LatencyConfig(batch_sizes=(3,), repeats=1, warmup_iters=0, warmup_s=0,
+                               min_time_s=0, dtype="bfloat16", channels_last=True)
+    clock = FakeClock()
+    (m,) = lat.measure_model(Probe(), lat.latency_sample_set("digits", count=8), "probe",
+                             config, **fake_timing(clock))
+    assert set(seen) == {(torch.bfloat16, True, torch.bfloat16)}  # wrapped batches too
+    assert m.row["env_dtype"] == "bfloat16" and m.row["env_channels_last"] is True
+    assert m.row["dtype"] == "bfloat16" and m.row["compile_mode"] == ""
+
+
+@pytest.mark.gpu
+def test_cuda_timing_with_events():
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(16 * 64, 10))
+    config = lat.LatencyConfig(device="cuda", batch_sizes=(1, 64), repeats=5, warmup_iters=3,
+                               warmup_s=0.1, min_time_s=0.1)
+    results = lat.measure_model(model, lat.latency_sample_set("digits"), "mlp", config)
+    for m in results:
+        assert m.row["p50_ms"] > 0 and m.row["env_device_type"] == "cuda"
+        assert m.row["env_device_name"] and m.row["issues_per_sample"] >= 1
+    assert next(model.parameters()).is_cuda
+
+
+def test_cuda_request_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    config = lat.LatencyConfig(device="cuda", batch_sizes=(1,))
+    with pytest.raises(DynbenchError, match="no CUDA device"):
+        lat.measure_model(nn.Identity(), lat.latency_sample_set("digits", count=4), "id", config)
