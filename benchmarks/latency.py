@@ -50,14 +50,10 @@ try:
 except ImportError:  # pragma: no cover - Windows
     resource = None
 
+from benchmarks import routing as _routing
 from benchmarks.data.manifest import index_list_sha256
 from benchmarks.environment import environment_hash, environment_record
 from benchmarks.errors import ConfigError, DynbenchError
-
-try:  # the shared execution contract; being written alongside this module
-    from benchmarks import routing as _routing
-except ImportError:  # pragma: no cover - only until benchmarks/routing.py lands
-    _routing = None
 
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 8, 64, 256)
 DEFAULT_SAMPLE_COUNT = 256
@@ -611,7 +607,7 @@ def pinned_threads(threads: int | None) -> Iterator[int]:
 
 def is_dynamic(model: nn.Module) -> bool:
     """True when the model routes through benchmarks.routing primitives."""
-    return _routing is not None and _routing.is_dynamic(model)
+    return _routing.is_dynamic(model)
 
 
 def model_engines(model: nn.Module, engines: Sequence[str] | None = None) -> tuple[str, ...]:

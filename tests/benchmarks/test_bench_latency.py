@@ -19,8 +19,7 @@ import torch
 import torch.nn as nn
 
 from benchmarks import latency as lat
-
-routing = pytest.importorskip("benchmarks.routing")
+from benchmarks import routing
 
 
 class ResBlock(nn.Module):

@@ -432,7 +432,6 @@ def fake_timing(clock):
 
 
 def test_dynamic_model_is_timed_in_both_engines():
-    pytest.importorskip("benchmarks.routing")
     from tests.benchmarks.test_bench_latency import toy_pair
 
     model, _ = toy_pair(width=4)
@@ -455,7 +454,6 @@ def test_dynamic_model_is_timed_in_both_engines():
 
 
 def test_realization_is_one_when_time_follows_macs_and_drops_with_overhead():
-    pytest.importorskip("benchmarks.routing")
     from benchmarks import routing
     from tests.benchmarks.test_bench_latency import toy_pair
 
@@ -490,7 +488,6 @@ def test_realization_is_one_when_time_follows_macs_and_drops_with_overhead():
 
 
 def test_cli_baseline_writes_realization(tmp_path, capsys):
-    pytest.importorskip("benchmarks.cost")
     out = tmp_path / "lat"
     code, stdout, stderr = run_cli(
         ["latency", "digits_cnn", "--batch", "8", "--baseline", "fmnist_cnn", "--out", str(out),
