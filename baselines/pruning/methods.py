@@ -12,12 +12,18 @@ Each is plain supervised training plus what the paper adds, driven by stage `arg
 
 A pruning stage returns a new network whose `arch_config` describes it, so per-epoch
 checkpoints rebuild and resume it like any other model.
+
+`method_args.init` starts from trained weights instead of training the base network again:
+`experiment:<suite>/<name>` (the finished run of that experiment for the same seed and quick
+setting, under `method_args.runs_root`, default results/runs) or a checkpoint path (its stem,
+`.safetensors` or `.json`). The checkpoint's architecture must be the config's `model.name`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -27,9 +33,12 @@ from baselines.pruning.magnitude import magnitude_prune
 from baselines.pruning.slimming import bn_l1_penalty, slim_prune
 from benchmarks.data import DatasetInfo
 from benchmarks.engine.method import Method, Stage, StepContext, register_method
-from benchmarks.errors import ConfigError
+from benchmarks.errors import CheckpointError, ConfigError
 
-__all__ = ["L1FilterMethod", "MagnitudeMethod", "NetworkSlimmingMethod"]
+__all__ = ["L1FilterMethod", "MagnitudeMethod", "NetworkSlimmingMethod", "resolve_init"]
+
+EXPERIMENT_PREFIX = "experiment:"
+DEFAULT_RUNS_ROOT = Path("results/runs")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -47,8 +56,66 @@ def _known_args(method: Method, stage: Stage, allowed: set[str]) -> dict[str, An
     return stage.args
 
 
+def resolve_init(value: str, cfg: dict[str, Any]) -> Path:
+    """The checkpoint stem `method_args.init` names (see the module docstring)."""
+    from benchmarks.config import find_config, load_config
+    from benchmarks.runs import RunFolder, single_seed_config
+
+    if value.startswith(EXPERIMENT_PREFIX):
+        name = value[len(EXPERIMENT_PREFIX):]
+        base_cfg = load_config(find_config(name), quick=bool(cfg.get("quick", False)))
+        root = Path(cfg.get("method_args", {}).get("runs_root", DEFAULT_RUNS_ROOT))
+        run = RunFolder.for_config(single_seed_config(base_cfg, int(cfg.get("seed", 0))), root)
+        if not run.is_complete():
+            raise CheckpointError(
+                f"method_args.init: experiment '{name}' has no finished run at {run.path}; "
+                f"run `dynbench train {name}` first (or list it before this one in the suite)"
+            )
+        return run.checkpoint_dir / "best"
+    path = Path(value).expanduser()
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    if not path.with_suffix(".safetensors").is_file():
+        raise CheckpointError(
+            f"method_args.init: no checkpoint at '{value}' (expected experiment:<suite>/<name>, "
+            "or a checkpoint's .safetensors/.json file or its path without suffix)"
+        )
+    return path
+
+
+class _PruningMethod(Method):
+    """Supervised training that may start from a trained checkpoint (`method_args.init`)."""
+
+    method_args: ClassVar[frozenset[str]] = frozenset({"init", "runs_root"})
+
+    def __init__(self, cfg: dict[str, Any]):
+        super().__init__(cfg)
+        unknown = sorted(set(self.args) - self.method_args)
+        if unknown:
+            raise ConfigError(
+                f"{cfg.get('source', 'config')}: method_args has unknown key '{unknown[0]}' for "
+                f"method '{self.name}'; allowed: {', '.join(sorted(self.method_args))}"
+            )
+
+    def build_model(self, info: DatasetInfo) -> nn.Module:
+        init = self.args.get("init")
+        if init is None:
+            return super().build_model(info)
+        from benchmarks.engine.checkpoint import build_from_checkpoint
+
+        stem = resolve_init(str(init), self.cfg)
+        model, _ = build_from_checkpoint(stem)
+        expected = self.cfg["model"]["name"]
+        if model.arch_config["name"] != expected:
+            raise ConfigError(
+                f"method_args.init: {stem.with_suffix('.json')} holds a '{model.arch_config['name']}', "
+                f"but model.name is '{expected}'"
+            )
+        return model
+
+
 @register_method
-class L1FilterMethod(Method):
+class L1FilterMethod(_PruningMethod):
     name = "l1_filter"
 
     def start_stage(self, model: nn.Module, stage: Stage, info: DatasetInfo) -> nn.Module:
@@ -67,8 +134,9 @@ class L1FilterMethod(Method):
 
 
 @register_method
-class NetworkSlimmingMethod(Method):
+class NetworkSlimmingMethod(_PruningMethod):
     name = "network_slimming"
+    method_args = _PruningMethod.method_args | {"sparsity"}
 
     def start_stage(self, model: nn.Module, stage: Stage, info: DatasetInfo) -> nn.Module:
         args = _known_args(self, stage, {"sparsity", "prune_ratio"})
@@ -95,7 +163,7 @@ class NetworkSlimmingMethod(Method):
 
 
 @register_method
-class MagnitudeMethod(Method):
+class MagnitudeMethod(_PruningMethod):
     name = "magnitude"
 
     def start_stage(self, model: nn.Module, stage: Stage, info: DatasetInfo) -> nn.Module:
