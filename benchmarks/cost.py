@@ -663,6 +663,8 @@ def measure_cost(
 
     from benchmarks.routing import name_units, set_engine, trace
 
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if engine is not None:
@@ -672,8 +674,8 @@ def measure_cost(
         model.to(device)
     ref = _param_like(model)
     target_device = ref.device if ref is not None else torch.device("cpu")
-    frames: list[pd.DataFrame] = []
-    unit_frames: list[pd.DataFrame] = []
+    columns: dict[str, list] = {c: [] for c in (*_MAC_COLUMNS, "prediction", "target")}
+    unit_batches: list[tuple[int, int, dict[str, torch.Tensor]]] = []
     by_kind: dict[str, int] = {}
     cache: dict = {}
     offset = 0
@@ -689,22 +691,30 @@ def measure_cost(
                 counter = _choose_counter(model, x)
             with trace(batch_size=len(x), counter=counter, cache=cache) as t:
                 output = model(x)
-            frame = t.per_sample(offset=offset)
+            for column in _MAC_COLUMNS:
+                columns[column].append(getattr(t, column))
             logits = _logits(output)
             if logits is not None and logits.dim() == 2 and logits.shape[0] == len(x):
-                frame["prediction"] = logits.argmax(1).cpu().numpy()
+                columns["prediction"].append(logits.argmax(1).cpu())
                 if targets is not None:
-                    frame["target"] = targets.cpu().numpy()
-                    frame["correct"] = frame["prediction"] == frame["target"]
-            frames.append(frame)
-            unit_frames.append(t.unit_table(offset=offset))
+                    columns["target"].append(torch.as_tensor(targets).cpu())
+            unit_batches.append((offset, len(x), t.units_executed))
             for kind, total in t.macs_by_kind_total.items():
                 by_kind[kind] = by_kind.get(kind, 0) + total
             offset += len(x)
-    if not frames:
-        raise DynbenchError("no samples to measure: the split is empty (or --limit is 0)")
-    per_sample = pd.concat(frames)
-    units = pd.concat(unit_frames).fillna(0).astype("int64")
+    if offset == 0:
+        raise DynbenchError("no samples to measure: the split is empty")
+    index = pd.RangeIndex(0, offset, name="sample")
+    per_sample = pd.DataFrame(
+        {c: torch.cat(columns[c]).numpy() for c in _MAC_COLUMNS}, index=index
+    )
+    units = _unit_frame(unit_batches, index)
+    per_sample["units_executed"] = units.sum(axis=1).to_numpy() if len(units.columns) else 0
+    if len(columns["prediction"]) == len(columns[_MAC_COLUMNS[0]]):
+        per_sample["prediction"] = torch.cat(columns["prediction"]).numpy()
+        if len(columns["target"]) == len(columns["prediction"]):
+            per_sample["target"] = torch.cat(columns["target"]).numpy()
+            per_sample["correct"] = per_sample["prediction"] == per_sample["target"]
     engine_name = _model_engine(model)
     return CostResult(
         per_sample=per_sample,
@@ -715,6 +725,24 @@ def measure_cost(
         params=count_params(model),
         by_kind={k: v / offset for k, v in by_kind.items()},
     )
+
+
+_MAC_COLUMNS = ("macs_executed", "macs_theoretical", "macs_controller")
+
+
+def _unit_frame(batches: list[tuple[int, int, dict[str, torch.Tensor]]], index: Any) -> pd.DataFrame:
+    """Sample × unit executions; a unit absent from a batch did not run there."""
+    import numpy as np
+    import pandas as pd
+
+    names: dict[str, None] = {}
+    for _, _, units in batches:
+        names.update(dict.fromkeys(units))
+    table = {name: np.zeros(len(index), dtype=np.int64) for name in names}
+    for start, size, units in batches:
+        for name, counts in units.items():
+            table[name][start : start + size] = counts.numpy()
+    return pd.DataFrame(table, index=index)
 
 
 def measure_split_costs(model: nn.Module, dataset: Any, *, batch_size: int = 256, **kwargs: Any) -> CostResult:

@@ -96,27 +96,25 @@ class _Frame:
     """The rows a computation currently runs on.
 
     `rows`: original sample indices (None: all rows of the traced batch, in order); `batch`:
-    number of rows; `theo`: per-row mask of rows that would run with perfect skipping (None:
-    all; the masked engine runs rows whose decision was "skip"). Uniform layer costs are
-    accumulated as batch totals and spread over the rows when the frame closes.
+    number of rows; `theo`: per-row mask of the rows that would run with perfect skipping
+    (None: all; the masked engine also runs rows whose decision was "skip"). Costs common to
+    every row of the frame are plain Python integers (`macs`, `saved` = executed − theoretical,
+    `ctrl`, `other`:
+    batch totals; `units`, `channels`: per row) and become per-sample records when the frame
+    closes, so that bookkeeping costs no tensor operation unless rows really differ.
     """
 
-    __slots__ = ("rows", "batch", "theo", "macs", "ctrl", "other")
+    __slots__ = ("rows", "batch", "theo", "macs", "saved", "ctrl", "other", "units", "channels")
 
     def __init__(self, rows: torch.Tensor | None, batch: int | None, theo: torch.Tensor | None):
         self.rows, self.batch, self.theo = rows, batch, theo
-        self.macs = 0
-        self.ctrl = 0
+        self.macs = self.saved = self.ctrl = 0
         self.other: dict[str, int] | None = None
+        self.units: dict[str, int] | None = None
+        self.channels: dict[str, int] | None = None
 
 
-def _index_add(target: torch.Tensor, rows: torch.Tensor | None, values: Any) -> None:
-    if rows is None:
-        target += values
-    elif isinstance(values, torch.Tensor):
-        target.index_add_(0, rows, values.to(target.dtype))
-    else:
-        target.index_add_(0, rows, torch.full(rows.shape, values, dtype=target.dtype, device=rows.device))
+_EXEC, _THEO, _CTRL = "macs_executed", "macs_theoretical", "macs_controller"
 
 
 class Trace:
@@ -147,19 +145,20 @@ class Trace:
         self._stack: list[_Frame] = []
         self._suppress = 0
         self._ctrl_depth = 0
-        # per-layer cost by (id(module), input shape); share one dict across traces of a
-        # model that stays alive to avoid recomputing (ids are only valid while it lives)
-        self._cache: dict = {} if cache is None else cache
-        self._exec: torch.Tensor | None = None
-        self._theo: torch.Tensor | None = None
-        self._ctrl: torch.Tensor | None = None
-        self._units: dict[str, torch.Tensor] = {}
-        self._channels: dict[str, torch.Tensor] = {}
-        self._other: dict[str, torch.Tensor] = {}
-        self._by_kind: dict[str, Any] = {}
+        # optional per-layer cost by (id(module), input shape), shared across the traces of
+        # one measurement run (valid only while the model lives unchanged)
+        self._cache: dict | None = cache
+        self._device: torch.device | None = None
+        self._scalars: dict[Any, int] = {}  # per-row values common to every sample
+        self._records: list[tuple[Any, Any, Any, Any]] = []  # (key, rows, theo, values)
+        self._units: dict[str, None] = {}  # routing units, in order of first appearance
+        self._gated: dict[str, None] = {}  # channel-gated units
+        self._by_kind: dict[str, int] = {}
+        self._by_kind_rows: list[tuple[str, torch.Tensor]] = []
         self._handle: Any = None
         self._mode: TorchFunctionMode | None = None
         self._done = False
+        self._results: dict[Any, Any] | None = None
 
     # --- context ----------------------------------------------------------------------------
     def __enter__(self) -> Trace:
@@ -185,32 +184,27 @@ class Trace:
         if self._mode is not None:
             self._mode.__exit__(None, None, None)
             self._mode = None
-        self._stack.clear()
-        self._frame = self._root
+        while self._stack:  # an exception left sub-frames open
+            self._pop()
         self._ctrl_depth = 0
         self._flush(self._root)
         self._done = True
 
-    # --- bookkeeping ------------------------------------------------------------------------
-    def _start(self, batch: int, device: torch.device) -> None:
-        """Allocate the per-sample arrays once the batch size and device are known."""
+    # --- recording (used by the counters and the primitives) --------------------------------
+    def _see(self, x: Any) -> None:
+        """Fix the batch size (unless given) and the device from the first input seen."""
+        shape = getattr(x, "shape", None)
         if self._root.batch is None:
-            self._root.batch = batch
-        n = self._root.batch
-        self._exec = torch.zeros(n, dtype=torch.int64, device=device)
-        self._theo = torch.zeros(n, dtype=torch.int64, device=device)
-        self._ctrl = torch.zeros(n, dtype=torch.int64, device=device)
-
-    def _ensure(self, x: Any) -> None:
-        if self._exec is None:
-            shape = getattr(x, "shape", None)
-            batch = shape[0] if shape else 1
-            self._start(batch, getattr(x, "device", torch.device("cpu")))
+            self._root.batch = shape[0] if shape else 1
+        device = getattr(x, "device", None)
+        if not isinstance(device, torch.device) or device.type == "meta":
+            device = torch.device("cpu")  # shape-only runs (meta tensors) count on the CPU
+        self._device = device
 
     def _count(self, kind: str, macs: int, x: Any) -> None:
-        """A uniform cost (whole current frame): layers seen by the counters."""
-        if self._exec is None:
-            self._ensure(x)
+        """A layer's MACs (batch total), common to every row of the current frame."""
+        if self._device is None:
+            self._see(x)
         frame = self._frame
         frame.macs += macs
         if self._ctrl_depth:
@@ -218,33 +212,51 @@ class Trace:
         self._by_kind[kind] = self._by_kind.get(kind, 0) + macs
 
     def _count_other(self, kind: str, elements: int, x: Any) -> None:
-        if self._exec is None:
-            self._ensure(x)
+        if self._device is None:
+            self._see(x)
         frame = self._frame
         if frame.other is None:
             frame.other = {}
         frame.other[kind] = frame.other.get(kind, 0) + elements
 
-    def _flush(self, frame: _Frame) -> None:
-        if not (frame.macs or frame.other) or self._exec is None:
-            return
-        self._suppress += 1
-        try:
-            batch = frame.batch or 1
-            per, ctrl = frame.macs // batch, frame.ctrl // batch
-            _index_add(self._exec, frame.rows, per)
-            _index_add(self._theo, frame.rows, per if frame.theo is None else frame.theo * per)
-            if ctrl:
-                _index_add(self._ctrl, frame.rows, ctrl)
-            for kind, elements in (frame.other or {}).items():
-                target = self._other.get(kind)
-                if target is None:
-                    target = self._other[kind] = torch.zeros_like(self._exec)
-                _index_add(target, frame.rows, elements // batch)
-        finally:
-            self._suppress -= 1
-        frame.macs = frame.ctrl = 0
-        frame.other = None
+    def _per_row(self, kind: str, executed: Any, theoretical: Any) -> None:
+        """MACs per row of the current frame, each an int (common to all rows) or a tensor."""
+        frame = self._frame
+        if isinstance(executed, int):
+            self._count(kind, executed * frame.batch, None)
+            frame.saved += executed * frame.batch
+        else:
+            self._records.append((_EXEC, frame.rows, None, executed))
+            if self._ctrl_depth:
+                self._records.append((_CTRL, frame.rows, None, executed))
+            self._by_kind_rows.append((kind, executed))
+        if isinstance(theoretical, int):
+            frame.saved -= theoretical * frame.batch
+        else:
+            self._records.append((_THEO, frame.rows, frame.theo, theoretical))
+
+    def _unit(self, name: str, executed: Any) -> None:
+        """A routing unit's decision over the current frame: 1 / 0, or a boolean per row."""
+        self._units[name] = None
+        frame = self._frame
+        if isinstance(executed, int):
+            if executed:
+                if frame.units is None:
+                    frame.units = {}
+                frame.units[name] = frame.units.get(name, 0) + executed
+        else:
+            self._records.append((("unit", name), frame.rows, frame.theo, executed))
+
+    def _channels(self, name: str, kept: Any) -> None:
+        """A gated unit's kept output channels over the current frame: an int or per row."""
+        self._gated[name] = None
+        frame = self._frame
+        if isinstance(kept, int):
+            if frame.channels is None:
+                frame.channels = {}
+            frame.channels[name] = frame.channels.get(name, 0) + kept
+        else:
+            self._records.append((("channels", name), frame.rows, frame.theo, kept))
 
     def _push(self, idx: torch.Tensor | None, theo: torch.Tensor | None) -> None:
         """Enter a sub-computation on rows `idx` of the current frame (None: the same rows),
@@ -265,96 +277,132 @@ class Trace:
         self._flush(self._frame)
         self._frame = self._stack.pop()
 
-    def _per_row(self, name: str, table: dict, values: torch.Tensor, dtype: torch.dtype) -> None:
-        self._suppress += 1
-        try:
-            frame = self._frame
-            target = table.get(name)
-            if target is None:
-                target = table[name] = torch.zeros(
-                    self._root.batch, dtype=dtype, device=self._exec.device
-                )
-            if frame.theo is not None:
-                values = values * frame.theo
-            _index_add(target, frame.rows, values.to(dtype))
-        finally:
-            self._suppress -= 1
-
-    def _record_unit(self, name: str, decision: torch.Tensor) -> None:
-        self._per_row(name, self._units, decision, torch.int32)
-
-    def _record_channels(self, name: str, kept: torch.Tensor) -> None:
-        self._per_row(name, self._channels, kept, torch.int64)
-
-    def _add_rows(self, executed: Any, theoretical: torch.Tensor, kind: str) -> None:
-        """Per-row costs over the current frame (primitives that know them exactly)."""
-        self._suppress += 1
-        try:
-            frame = self._frame
-            if frame.theo is not None:
-                theoretical = theoretical * frame.theo
-            _index_add(self._exec, frame.rows, executed)
-            _index_add(self._theo, frame.rows, theoretical)
-            if self._ctrl_depth:
-                _index_add(self._ctrl, frame.rows, executed)
-            total = executed * frame.batch if isinstance(executed, int) else executed.sum()
-            self._by_kind[kind] = self._by_kind.get(kind, 0) + total
-        finally:
-            self._suppress -= 1
+    def _flush(self, frame: _Frame) -> None:
+        batch = frame.batch or 1
+        items: list[tuple[Any, int, bool]] = [
+            (_EXEC, frame.macs // batch, False),
+            (_THEO, (frame.macs - frame.saved) // batch, True),
+            (_CTRL, frame.ctrl // batch, False),
+        ]
+        if frame.other:
+            items += [(("other", k), v // batch, False) for k, v in frame.other.items()]
+        if frame.units:
+            items += [(("unit", k), v, True) for k, v in frame.units.items()]
+        if frame.channels:
+            items += [(("channels", k), v, True) for k, v in frame.channels.items()]
+        uniform = frame.rows is None and frame.theo is None
+        for key, value, masked in items:
+            if not value:
+                continue
+            if uniform:
+                self._scalars[key] = self._scalars.get(key, 0) + value
+            else:
+                self._records.append((key, frame.rows, frame.theo if masked else None, value))
+        frame.macs = frame.saved = frame.ctrl = 0
+        frame.other = frame.units = frame.channels = None
 
     # --- results ----------------------------------------------------------------------------
+    def _materialize(self) -> dict[Any, Any]:
+        """Per-sample tensors from the scalars and records (cached once the trace is done)."""
+        if self._results is not None:
+            return self._results
+        n = self._root.batch or 0
+        device = self._device or torch.device("cpu")
+        grouped: dict[Any, list] = {}
+        for key, rows, theo, value in self._records:
+            grouped.setdefault(key, []).append((rows, theo, value))
+        keys = [_EXEC, _THEO, _CTRL]
+        keys += [("unit", k) for k in self._units] + [("channels", k) for k in self._gated]
+        keys += [k for k in (*self._scalars, *grouped) if isinstance(k, tuple) and k[0] == "other"]
+        results: dict[Any, Any] = {}
+        self._suppress += 1
+        try:
+            for key in dict.fromkeys(keys):
+                out = torch.full((n,), self._scalars.get(key, 0), dtype=torch.int64, device=device)
+                rows_list, values_list = [], []
+                for rows, theo, value in grouped.get(key, ()):
+                    if isinstance(value, int):
+                        size = n if rows is None else rows.numel()
+                        value = torch.full((size,), value, dtype=torch.int64, device=device)
+                    else:
+                        value = value.to(torch.int64)
+                    if theo is not None:
+                        value = value * theo
+                    if rows is None:
+                        out += value
+                    else:
+                        rows_list.append(rows)
+                        values_list.append(value)
+                if rows_list:
+                    out.index_add_(0, torch.cat(rows_list), torch.cat(values_list))
+                results[key] = out.cpu()
+            by_kind = dict(self._by_kind)
+            for kind, values in self._by_kind_rows:
+                by_kind[kind] = by_kind.get(kind, 0) + int(values.sum())
+        finally:
+            self._suppress -= 1
+        results["by_kind"] = by_kind
+        if self._done:
+            self._results = results
+        return results
+
     @property
     def batch_size(self) -> int:
         return self._root.batch or 0
 
-    def _result(self, tensor: torch.Tensor | None) -> torch.Tensor:
-        if tensor is None:
-            return torch.zeros(self.batch_size, dtype=torch.int64)
-        return tensor.detach().cpu()
-
     @property
     def macs_executed(self) -> torch.Tensor:
-        return self._result(self._exec)
+        return self._materialize()[_EXEC]
 
     @property
     def macs_theoretical(self) -> torch.Tensor:
-        return self._result(self._theo)
+        return self._materialize()[_THEO]
 
     @property
     def macs_controller(self) -> torch.Tensor:
-        return self._result(self._ctrl)
+        return self._materialize()[_CTRL]
+
+    def _table(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {
+            key[1]: value
+            for key, value in self._materialize().items()
+            if isinstance(key, tuple) and key[0] == prefix
+        }
 
     @property
     def units_executed(self) -> dict[str, torch.Tensor]:
-        return {name: v.detach().cpu() for name, v in self._units.items()}
+        """Routing unit -> number of times it ran, per sample (usually 0 or 1)."""
+        return self._table("unit")
 
     @property
     def channels_kept(self) -> dict[str, torch.Tensor]:
-        return {name: v.detach().cpu() for name, v in self._channels.items()}
+        """Channel-gated unit -> kept output channels, per sample (0 where it did not run)."""
+        return self._table("channels")
 
     @property
     def other_ops(self) -> dict[str, torch.Tensor]:
-        return {name: v.detach().cpu() for name, v in self._other.items()}
+        """Non-MAC op kind -> elements processed per sample (`functions` counter only)."""
+        return self._table("other")
 
     @property
     def macs_by_kind_total(self) -> dict[str, int]:
         """Executed MACs per op kind, summed over the batch."""
-        return {k: int(v) for k, v in self._by_kind.items()}
+        return dict(self._materialize()["by_kind"])
 
     @property
     def macs_by_kind(self) -> dict[str, int]:
-        """Executed MACs per op kind, per sample (batch mean)."""
+        """Executed MACs per op kind, per sample (batch mean, rounded down)."""
         n = max(self.batch_size, 1)
-        return {k: int(v) // n for k, v in self._by_kind.items()}
+        return {k: v // n for k, v in self.macs_by_kind_total.items()}
 
     def per_sample(self, offset: int = 0) -> Any:
         """A pandas DataFrame, one row per sample (index `sample`, starting at `offset`)."""
         import pandas as pd
 
         units = torch.zeros(self.batch_size, dtype=torch.int64)
-        for counts in self._units.values():
-            units += counts.detach().cpu().long()
-        frame = pd.DataFrame(
+        for counts in self.units_executed.values():
+            units += counts
+        return pd.DataFrame(
             {
                 "macs_executed": self.macs_executed.numpy(),
                 "macs_theoretical": self.macs_theoretical.numpy(),
@@ -363,7 +411,6 @@ class Trace:
             },
             index=pd.RangeIndex(offset, offset + self.batch_size, name="sample"),
         )
-        return frame
 
     def unit_table(self, offset: int = 0) -> Any:
         """A pandas DataFrame: one row per sample, one column per routing unit (executions)."""
@@ -385,30 +432,47 @@ def trace(
         t.macs_executed, t.units_executed, t.per_sample()
 
     One trace covers one batch. Its size is `batch_size`, or else the leading dimension of the
-    first input the trace sees. See `COUNTERS` for `counter`.
+    first input the trace sees. See `COUNTERS` for `counter`. `cache`: a dict shared by the
+    traces of one measurement run, to reuse per-layer costs by input shape (only while the
+    model is alive and unchanged).
     """
     return Trace(batch_size=batch_size, counter=counter, cache=cache)
 
 
+_MODULE_RULES = _cost._MODULE_RULES  # resolved rules by class (None: no MACs of its own)
+
+
 def _module_hook(module: nn.Module, args: tuple, output: Any) -> None:
+    """Global forward hook of the `modules` counter: runs after every module call."""
     tr = _ACTIVE
-    if tr is None or tr._suppress:
+    if tr is None:
         return
-    rule = _cost._MODULE_RULES.get(type(module), False)
-    if rule is False:
-        rule = _cost.module_rule(type(module))
-    if rule is None:
+    cls = module.__class__
+    rule = _MODULE_RULES.get(cls, False)
+    if not rule:
+        if rule is None:
+            return
+        rule = _cost.module_rule(cls)
+        if rule is None:
+            return
+    if tr._suppress:
         return
     kind, formula, cacheable = rule
-    x = args[0] if args else None
-    if cacheable and isinstance(x, torch.Tensor):
-        key = (id(module), x.shape)
+    if cacheable and tr._cache is not None:
+        key = (id(module), args[0].shape)
         macs = tr._cache.get(key)
         if macs is None:
             macs = tr._cache[key] = formula(module, args, output)
     else:
         macs = formula(module, args, output)
-    tr._count(kind, macs, x)
+    if tr._device is None:
+        tr._see(args[0] if args else None)
+    frame = tr._frame
+    frame.macs += macs
+    if tr._ctrl_depth:
+        frame.ctrl += macs
+    by_kind = tr._by_kind
+    by_kind[kind] = by_kind.get(kind, 0) + macs
 
 
 def _first_tensor(args: tuple) -> Any:
@@ -699,11 +763,11 @@ def route(
     if isinstance(default, torch.Tensor):
         _check_rows(unit, default, n, "a tensor default")
     tr = _ACTIVE
-    if tr is not None:
-        if tr._exec is None:
-            tr._ensure(x)
-        tr._record_unit(unit, hard)
+    if tr is not None and tr._device is None:
+        tr._see(x)
     if engine == "masked":
+        if tr is not None:
+            tr._unit(unit, hard)
         return _route_masked(module, x, rows, hard, gate, default, unit, tr)
     return _route_sparse(module, x, rows, hard, gate, default, unit, out_shape, tr)
 
@@ -715,6 +779,8 @@ def _route_sparse(
     n = x.shape[0]
     idx = hard.nonzero().squeeze(1)
     k = idx.numel()
+    if tr is not None:
+        tr._unit(unit, 1 if k == n else 0 if k == 0 else hard)
     finite = not (isinstance(default, (int, float)) and not math.isfinite(default))
     if k == n:  # full selection: no gather, no scatter
         y = module(x, *rows)
@@ -939,14 +1005,18 @@ class GatedConv2d(DynamicModule):
         out_keep, gate_f = _channel_decision(gate, n, self.conv.out_channels, "gate", unit)
         in_keep, _ = _channel_decision(in_mask, n, self.conv.in_channels, "in_mask", unit)
         tr = _ACTIVE
-        sparse = self.engine == "sparse" and (out_keep is not None or in_keep is not None)
+        if tr is not None and tr._device is None:
+            tr._see(x)
+        if self.engine == "sparse" and (out_keep is not None or in_keep is not None):
+            with _Suppressed(tr):
+                y, groups, inverse = self._sparse(x, out_keep, gate_f, in_keep, unit)
+            if tr is not None:
+                self._record_groups(tr, y, groups, inverse, out_keep is not None, unit)
+            return y
         with _Suppressed(tr):
-            if sparse:
-                y = self._sparse(x, out_keep, gate_f, in_keep, unit)
-            else:
-                y = self._dense(x, out_keep, gate_f, in_keep)
+            y = self._dense(x, out_keep, gate_f, in_keep)
         if tr is not None:
-            self._record(tr, x, y, out_keep, in_keep, sparse, unit)
+            self._record_dense(tr, y, out_keep, in_keep, unit)
         return y
 
     def _dense(
@@ -967,7 +1037,10 @@ class GatedConv2d(DynamicModule):
 
     def _sparse(
         self, x: torch.Tensor, out_keep: Any, gate_f: Any, in_keep: Any, unit: str
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, list[tuple[int, int, int]], torch.Tensor | None]:
+        """Compute kept channels only, one sliced convolution per group of samples sharing a
+        channel pattern. Returns the output, (kept out, kept in, kept both) per group, and
+        each row's group (None: a single group)."""
         norm = self.norm
         if norm is not None and (self.training or norm.running_mean is None):
             raise RuntimeError(
@@ -976,35 +1049,46 @@ class GatedConv2d(DynamicModule):
                 "set_engine(model, 'masked') for training"
             )
         n = x.shape[0]
-        use_in = in_keep is not None and not self.depthwise
-        masks = [m for m in ((in_keep if use_in else None), out_keep) if m is not None]
+        cin, cout = self.conv.in_channels, self.conv.out_channels
+        masks = [m for m in (in_keep, out_keep) if m is not None]
         key = masks[0] if len(masks) == 1 else torch.cat(masks, 1)
-        cin = self.conv.in_channels if use_in else 0
+        split = cin if in_keep is not None else 0
+        inverse = None
         if n == 1:
-            groups = [(None, key[0])]
+            patterns = [key[0]]
         else:
             unique, inverse = torch.unique(key, dim=0, return_inverse=True)
-            if len(unique) == 1:
-                groups = [(None, unique[0])]
-            else:
-                groups = [((inverse == g).nonzero().squeeze(1), unique[g]) for g in range(len(unique))]
+            patterns = list(unique)
+            if len(patterns) == 1:
+                inverse = None
         out = None
-        for rows, pattern in groups:
-            ii = pattern[:cin].nonzero().squeeze(1) if use_in else None
-            oi = pattern[cin:].nonzero().squeeze(1) if out_keep is not None else None
-            if oi is not None and oi.numel() == 0:
+        counts: list[tuple[int, int, int]] = []
+        for g, pattern in enumerate(patterns):
+            in_pattern = pattern[:split] if in_keep is not None else None
+            out_pattern = pattern[split:] if out_keep is not None else None
+            oi = None if out_pattern is None else out_pattern.nonzero().squeeze(1)
+            ii = None if in_pattern is None else in_pattern.nonzero().squeeze(1)
+            n_out = cout if oi is None else oi.numel()
+            n_in = cin if ii is None else ii.numel()
+            if self.depthwise and in_pattern is not None and out_pattern is not None:
+                n_both = int((in_pattern & out_pattern).sum())
+            else:
+                n_both = min(n_out, n_in)
+            counts.append((n_out, n_in, n_both))
+            if n_out == 0:
                 continue  # every output channel dropped: zeros
+            rows = None if inverse is None else (inverse == g).nonzero().squeeze(1)
             xs = x if rows is None else x.index_select(0, rows)
-            y = self._sliced(xs, oi, ii)
+            y = self._sliced(xs, oi, None if self.depthwise else ii)
             if gate_f is not None:
-                g = gate_f if rows is None else gate_f.index_select(0, rows)
+                gs = gate_f if rows is None else gate_f.index_select(0, rows)
                 if oi is not None:
-                    g = g.index_select(1, oi)
-                y = y * g[:, :, None, None].to(y.dtype)
+                    gs = gs.index_select(1, oi)
+                y = y * gs[:, :, None, None].to(y.dtype)
             if rows is None and oi is None:
-                return y
+                return y, counts, inverse
             if out is None:
-                out = y.new_zeros((n, self.conv.out_channels, *y.shape[2:]))
+                out = y.new_zeros((n, cout, *y.shape[2:]))
             if rows is None:
                 out.index_copy_(1, oi, y)
             elif oi is None:
@@ -1012,8 +1096,8 @@ class GatedConv2d(DynamicModule):
             else:
                 out.index_put_((rows[:, None], oi[None, :]), y)
         if out is None:
-            out = x.new_zeros((n, self.conv.out_channels, *self._out_hw(x)))
-        return out
+            out = x.new_zeros((n, cout, *self._out_hw(x)))
+        return out, counts, inverse
 
     def _sliced(self, x: torch.Tensor, oi: Any, ii: Any) -> torch.Tensor:
         conv = self.conv
@@ -1056,27 +1140,53 @@ class GatedConv2d(DynamicModule):
         y = F.conv2d(probe, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
         return tuple(y.shape[2:])
 
-    def _record(
-        self, tr: Trace, x: torch.Tensor, y: torch.Tensor, out_keep: Any, in_keep: Any,
-        sparse: bool, unit: str,
+    def _per_pair(self, y: torch.Tensor) -> int:
+        """MACs of one (output channel, input channel) pair per sample."""
+        return y.shape[2] * y.shape[3] * math.prod(self.conv.kernel_size)
+
+    def _record_groups(
+        self, tr: Trace, y: torch.Tensor, counts: list[tuple[int, int, int]],
+        inverse: torch.Tensor | None, gated: bool, unit: str,
     ) -> None:
-        conv = self.conv
-        per_pair = y.shape[2] * y.shape[3] * math.prod(conv.kernel_size)
-        cout, cin = conv.out_channels, conv.in_channels // conv.groups
-        full = cout * cin * per_pair
-        n = x.shape[0]
-        device = x.device
-        n_out = out_keep.sum(1) if out_keep is not None else torch.full((n,), cout, device=device)
+        pp = self._per_pair(y)
         if self.depthwise:
-            both = n_out if in_keep is None else (
-                in_keep.sum(1) if out_keep is None else (in_keep & out_keep).sum(1)
-            )
-            theoretical = both * per_pair
-            executed = n_out * per_pair if sparse else full
+            executed = [n_out * pp for n_out, _, _ in counts]
+            theoretical = [n_both * pp for _, _, n_both in counts]
         else:
-            n_in = in_keep.sum(1) if in_keep is not None else cin
-            theoretical = n_out * n_in * per_pair
-            executed = theoretical if sparse else full
-        tr._add_rows(executed, theoretical.to(torch.int64), "conv")
+            executed = theoretical = [n_out * n_in * pp for n_out, n_in, _ in counts]
+        kept = [n_out for n_out, _, _ in counts]
+        if inverse is None:
+            tr._per_row("conv", executed[0], theoretical[0])
+            if gated:
+                tr._channels(unit, kept[0])
+            return
+
+        def rows(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int64, device=inverse.device)[inverse]
+
+        exec_rows = rows(executed)
+        tr._per_row("conv", exec_rows, exec_rows if theoretical is executed else rows(theoretical))
+        if gated:
+            tr._channels(unit, rows(kept))
+
+    def _record_dense(
+        self, tr: Trace, y: torch.Tensor, out_keep: Any, in_keep: Any, unit: str
+    ) -> None:
+        pp = self._per_pair(y)
+        cout, cin = self.conv.out_channels, self.conv.in_channels // self.conv.groups
+        full = cout * cin * pp
+        if out_keep is None and in_keep is None:
+            tr._per_row("conv", full, full)
+            return
+        n_out = cout if out_keep is None else out_keep.sum(1)
+        if self.depthwise:
+            if in_keep is None:
+                both = n_out
+            else:
+                both = in_keep.sum(1) if out_keep is None else (in_keep & out_keep).sum(1)
+            theoretical = both * pp
+        else:
+            theoretical = n_out * (cin if in_keep is None else in_keep.sum(1)) * pp
+        tr._per_row("conv", full, theoretical)
         if out_keep is not None:
-            tr._record_channels(unit, n_out)
+            tr._channels(unit, n_out)
