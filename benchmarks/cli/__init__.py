@@ -16,6 +16,7 @@ from benchmarks import __version__
 from benchmarks.errors import DynbenchError
 
 COMMANDS: dict[str, str] = {
+    "cost": "benchmarks.cli.cost:cost",
     "data": "benchmarks.cli.data:data",
     "latency": "benchmarks.cli.latency:latency",
     "models": "benchmarks.cli.models:models",
