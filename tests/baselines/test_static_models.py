@@ -9,22 +9,19 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from baselines.static.cifar_resnet import BasicBlock, CifarResNet, ZeroPadShortcut
+from benchmarks.cost import count_macs, count_params
 from benchmarks.registry import create_model, get_model_spec, list_models
 
 STATIC = list_models(kind="static")
+IMAGENET = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Conv + linear MACs at batch 1: torch's FLOP counter counts 2 FLOPs per MAC."""
+def flop_counter_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Independent cross-check: torch's FLOP counter counts 2 FLOPs per conv/linear MAC."""
     device = next(model.parameters()).device
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.eval()(torch.zeros(1, *input_shape, device=device))
     return counter.get_total_flops() // 2
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-IMAGENET = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
 
 
 def _closed_form_cifar_resnet_macs(depth: int, shortcut: str = "A") -> int:
@@ -126,14 +123,35 @@ def test_forward_with_real_weights_is_finite(name):
     assert out.shape == (2, 7) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_MACS))
+def _input_shape(name: str) -> tuple[int, int, int]:
+    return (3, 224, 224) if name in IMAGENET else (3, 32, 32)
+
+
+def _num_classes(name: str) -> int:
+    return 1000 if name in IMAGENET else 10
+
+
+# benchmarks.cost runs a real forward pass: the big ImageNet nets are marked slow.
+_SLOW = {"resnet34", "resnet50", "resnet101"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in sorted(EXPECTED_MACS)]
+)
 def test_macs_and_params_are_exact(name):
-    resolution = 224 if name in IMAGENET else 32
-    classes = 1000 if name in IMAGENET else 10
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=_num_classes(name))
+    cost = count_macs(model, _input_shape(name))
+    assert cost.macs == EXPECTED_MACS[name]
+    assert cost.macs_theoretical == cost.macs and cost.macs_controller == 0
+    assert cost.params == count_params(model) == EXPECTED_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MACS))
+def test_torch_flop_counter_agrees(name):
     with torch.device("meta"):  # shapes only: builds and counts without allocating weights
-        model = create_model(name, num_classes=classes)
-    assert count_macs(model, (3, resolution, resolution)) == EXPECTED_MACS[name]
-    assert count_params(model) == EXPECTED_PARAMS[name]
+        model = create_model(name, num_classes=_num_classes(name))
+    assert flop_counter_macs(model, _input_shape(name)) == EXPECTED_MACS[name]
 
 
 @pytest.mark.parametrize("depth", [20, 32, 44, 56, 110])
