@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from benchmarks.config import config_hash
+from benchmarks.cost import count_params, measure_split_costs
 from benchmarks.data import load_split
 from benchmarks.engine import get_method, load_selected_model
 from benchmarks.engine.batches import eval_batches
@@ -20,10 +21,6 @@ from benchmarks.environment import environment_hash, environment_record
 from benchmarks.registry import get_model_spec
 from benchmarks.results import make_row, write_results
 from benchmarks.runs import RunFolder
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def evaluate_split(model: torch.nn.Module, method, dataset, batch_size: int) -> dict[str, float]:
@@ -90,8 +87,4 @@ def _selected(run: RunFolder) -> dict[str, Any]:
 
 def _cost(model: torch.nn.Module, dataset, batch_size: int) -> dict[str, Any]:
     """Per-sample executed / theoretical / controller MACs over the split (benchmarks.cost)."""
-    try:
-        from benchmarks.cost import measure_split_costs
-    except ImportError:  # the cost model is a separate module; absent only mid-development
-        return {}
     return measure_split_costs(model, dataset, batch_size=batch_size).as_result_columns()
