@@ -87,31 +87,35 @@ def sparse_cost(
 ) -> SparseCost:
     """Dense and nonzero MACs of one forward pass on `example` (one sample, batch dim included).
 
-    A conv costs H_out·W_out MACs per weight (padding included, the usual convention) and a
-    linear layer one MAC per weight; the nonzero count uses only the nonzero weights.
+    The dense count is the suite's (`benchmarks.cost.count_macs`). The nonzero count removes,
+    for every zero weight, the MACs it takes part in: H_out·W_out per conv weight (padding
+    included, the usual convention), one per linear weight.
     """
+    from benchmarks.cost import count_macs
+
     if example.shape[0] != 1:
         raise ConfigError(f"sparse_cost counts one sample: pass a batch of 1, got {example.shape[0]}")
-    counts = {"dense": 0, "nonzero": 0}
+    zero_macs = 0
 
     def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        nonlocal zero_macs
         weight = module.weight
-        positions = output[0, 0].numel() if isinstance(module, nn.Conv2d) else output[0].numel() // module.out_features
-        counts["dense"] += positions * weight.numel()
-        counts["nonzero"] += positions * int(torch.count_nonzero(weight))
+        if isinstance(module, nn.Conv2d):
+            positions = output[0, 0].numel()
+        else:
+            positions = output[0].numel() // module.out_features
+        zero_macs += positions * (weight.numel() - int(torch.count_nonzero(weight)))
 
     handles = [m.register_forward_hook(hook) for m, _ in _prunable(model, layer_types)]
-    was_training = model.training
     try:
-        model.eval()(example)
+        dense = count_macs(model, example).macs
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     weights = [m.weight for m, _ in _prunable(model, layer_types)]
     return SparseCost(
-        macs_dense=counts["dense"],
-        macs_nonzero=counts["nonzero"],
+        macs_dense=dense,
+        macs_nonzero=dense - zero_macs,
         params_prunable=sum(w.numel() for w in weights),
         params_nonzero=sum(int(torch.count_nonzero(w)) for w in weights),
     )
