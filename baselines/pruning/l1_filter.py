@@ -14,8 +14,8 @@ added to the shortcut. In VGG-16, conv i is layer i.
 Filter counts: a layer with n filters pruned by a fraction p keeps floor(n (1 - p)) filters
 (at least 1). This reading reproduces every Table 1 figure (see `TABLE1` and docs/baselines.md):
 our MACs rounded to the printed digits equal the printed "FLOP" value for all five variants
-and both baselines, and so do our parameter counts once BatchNorm parameters are left out
-(the paper's column does not count them; with them we are 0.05-0.8% above the print).
+and the three base networks, and so do our parameter counts once BatchNorm parameters are
+left out (the paper's column does not count them; with them we are within 0.8% of the print).
 
 `strategy="independent"` (default) ranks each layer's filters on its full kernel;
 `"greedy"` ranks them on the kernel restricted to the input channels that survive the
