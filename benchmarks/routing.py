@@ -221,6 +221,8 @@ class Trace:
 
     def _per_row(self, kind: str, executed: Any, theoretical: Any) -> None:
         """MACs per row of the current frame, each an int (common to all rows) or a tensor."""
+        if self.counter is None:
+            return
         frame = self._frame
         if isinstance(executed, int):
             self._count(kind, executed * frame.batch, None)
@@ -1079,7 +1081,12 @@ class GatedConv2d(DynamicModule):
                 continue  # every output channel dropped: zeros
             rows = None if inverse is None else (inverse == g).nonzero().squeeze(1)
             xs = x if rows is None else x.index_select(0, rows)
-            y = self._sliced(xs, oi, None if self.depthwise else ii)
+            if self.depthwise:
+                # kept outputs whose input channel is dropped see a zero input (as in masked)
+                zero_in = in_pattern if in_pattern is not None and n_both < n_out else None
+                y = self._sliced(xs, oi, None, zero_in)
+            else:
+                y = self._sliced(xs, oi, ii)
             if gate_f is not None:
                 gs = gate_f if rows is None else gate_f.index_select(0, rows)
                 if oi is not None:
@@ -1099,7 +1106,7 @@ class GatedConv2d(DynamicModule):
             out = x.new_zeros((n, cout, *self._out_hw(x)))
         return out, counts, inverse
 
-    def _sliced(self, x: torch.Tensor, oi: Any, ii: Any) -> torch.Tensor:
+    def _sliced(self, x: torch.Tensor, oi: Any, ii: Any, zero_in: Any = None) -> torch.Tensor:
         conv = self.conv
         weight, bias = conv.weight, conv.bias
         if oi is not None:
@@ -1108,6 +1115,9 @@ class GatedConv2d(DynamicModule):
         if self.depthwise:
             if oi is not None:
                 x = x.index_select(1, oi)
+            if zero_in is not None:
+                keep_in = zero_in if oi is None else zero_in.index_select(0, oi)
+                x = x * keep_in[None, :, None, None].to(x.dtype)
             groups = weight.shape[0]
         else:
             groups = 1

@@ -8,6 +8,8 @@ near their thresholds, so a batch of real images mixes decisions).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -277,9 +279,9 @@ def calibrate(model: nn.Module, x: torch.Tensor, passes: int = 3) -> nn.Module:
 
 
 TOY_MODELS = {
-    "lcnet": lambda: ToyLCResNet(depth=20),
-    "lnet": lambda: ToyLCResNet(depth=20, cnet=False),
-    "cnet": lambda: ToyLCResNet(depth=20, lnet=False),
+    "lcnet": lambda: ToyLCResNet(depth=14),
+    "lnet": lambda: ToyLCResNet(depth=14, cnet=False),
+    "cnet": lambda: ToyLCResNet(depth=14, lnet=False),
     "hierarchical": ToyHierarchical,
     "early_exit": ToyEarlyExit,
     "fbs": ToyFBSNet,
@@ -289,11 +291,16 @@ TOY_MODELS = {
 
 def build_toy(name: str, seed: int = 0, calibrate_on: torch.Tensor | None = None) -> nn.Module:
     """A seeded toy model in eval mode, its gates calibrated on `calibrate_on` (default: the
-    digits `val` split) so that a batch of real images mixes decisions."""
+    first 96 images of the digits `val` split) so that a batch of real images mixes decisions."""
     torch.manual_seed(seed)
     model = TOY_MODELS[name]().eval()
     if calibrate_on is None:
-        from benchmarks.data import load_split
-
-        calibrate_on = load_split("digits", "val").images
+        calibrate_on = _calibration_images()
     return calibrate(model, calibrate_on)
+
+
+@functools.lru_cache(maxsize=1)
+def _calibration_images() -> torch.Tensor:
+    from benchmarks.data import load_split
+
+    return load_split("digits", "val").images[:96]

@@ -1,0 +1,445 @@
+"""The execution contract (benchmarks.routing): sample routing, channel gating, controllers and
+the per-sample trace, checked against an independent counter (torch.utils.flop_counter)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.data import load_split
+from benchmarks.errors import DynbenchError
+from benchmarks.routing import (
+    ENGINES,
+    IDENTITY,
+    Controller,
+    DynamicModule,
+    GatedConv2d,
+    SampleRouter,
+    active_trace,
+    is_dynamic,
+    mark_controller,
+    route,
+    set_engine,
+    trace,
+)
+from tests.benchmarks.toy_models import TOY_MODELS, IfGatedNet, build_toy
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and steady on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    return load_split("digits", "test").images[:32]
+
+
+@pytest.fixture(scope="module")
+def toys() -> dict[str, nn.Module]:
+    return {name: build_toy(name) for name in TOY_MODELS}
+
+
+def flop_counter_macs(model: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    return fc.get_total_flops() // 2
+
+
+def traced(model: nn.Module, x: torch.Tensor, engine: str | None = None, counter: str = "modules"):
+    if engine is not None:
+        set_engine(model, engine)
+    with torch.no_grad(), trace(counter=counter) as t:
+        out = model(x)
+    return out, t
+
+
+class Recorder(nn.Module):
+    """A module that remembers what it was called with."""
+
+    def __init__(self, fn=None):
+        super().__init__()
+        self.calls: list[torch.Tensor] = []
+        self.fn = fn or (lambda x: 2 * x + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(x)
+        return self.fn(x)
+
+
+# --- sample routing -------------------------------------------------------------------------
+
+
+def test_route_runs_the_module_only_on_kept_rows():
+    x = torch.arange(12.0).view(4, 3)
+    keep = torch.tensor([True, False, True, False])
+    module = Recorder()
+    out = route(module, x, keep, unit="u")
+    assert len(module.calls) == 1 and torch.equal(module.calls[0], x[[0, 2]])
+    assert torch.equal(out[[0, 2]], 2 * x[[0, 2]] + 1)
+    assert torch.equal(out[[1, 3]], x[[1, 3]])  # identity for skipped rows
+
+
+def test_route_empty_selection_does_not_run_the_module():
+    x = torch.randn(3, 5)
+    module = Recorder()
+    keep = torch.zeros(3, dtype=torch.bool)
+    assert route(module, x, keep) is x
+    out = route(module, x, keep, default=-1.0, out_shape=(2,))
+    assert module.calls == [] and torch.equal(out, torch.full((3, 2), -1.0))
+    out = route(module, x, keep, default=lambda rows: rows[:, :2] * 0)
+    assert module.calls == [] and torch.equal(out, torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="out_shape"):
+        route(module, x, keep, default=0.0, unit="head")
+
+
+def test_route_full_selection_is_a_plain_call():
+    x = torch.randn(3, 5)
+    returned = []
+    module = Recorder(lambda t: returned.append(t * 3) or returned[-1])
+    out = route(module, x, torch.ones(3, dtype=torch.bool))
+    assert module.calls[0] is x  # no gather
+    assert out is returned[0]  # no scatter
+
+
+def _defaults(n: int):
+    return {
+        "identity": IDENTITY,
+        "zeros": 0.0,
+        "-inf": float("-inf"),
+        "tensor": torch.arange(n * 4, dtype=torch.float32).view(n, 4),
+        "callable": lambda rows: rows[:, :4].flip(1),
+    }
+
+
+@pytest.mark.parametrize("kind", ["identity", "zeros", "-inf", "tensor", "callable"])
+@pytest.mark.parametrize("pattern", ["mixed", "none", "all"])
+def test_route_engines_agree_for_every_default(kind, pattern):
+    torch.manual_seed(0)
+    n = 6
+    x = torch.randn(n, 4)
+    module = nn.Linear(4, 4)
+    keep = {"mixed": torch.tensor([1, 0, 0, 1, 1, 0]), "none": torch.zeros(n), "all": torch.ones(n)}[pattern].bool()
+    default = _defaults(n)[kind]
+    outs = [
+        route(module, x, keep, default=default, engine=engine, out_shape=(4,)) for engine in ENGINES
+    ]
+    assert torch.equal(outs[0], outs[1])
+    expected_skipped = {
+        "identity": x, "zeros": torch.zeros(n, 4), "-inf": torch.full((n, 4), float("-inf")),
+        "tensor": default, "callable": x.flip(1),
+    }[kind]
+    assert torch.equal(outs[1][~keep], expected_skipped[~keep])
+    with torch.no_grad():
+        assert torch.allclose(outs[1][keep], module(x)[keep])
+
+
+def test_route_takes_extra_per_row_inputs():
+    x, s = torch.randn(5, 3), torch.arange(5.0)
+    keep = torch.tensor([0, 1, 0, 1, 1]).bool()
+    for engine in ENGINES:
+        out = route(lambda a, b: a * b[:, None], x, keep, s, engine=engine)
+        assert torch.allclose(out[keep], x[keep] * s[keep, None]) and torch.equal(out[~keep], x[~keep])
+    with pytest.raises(ValueError, match="per-row input"):
+        route(lambda a, b: a, x, keep, torch.ones(4))
+
+
+def test_route_straight_through_gate_passes_gradients_in_both_engines():
+    x = torch.randn(4, 3)
+    soft = torch.tensor([0.9, 0.2, 0.7, 0.4], requires_grad=True)
+    module = nn.Linear(3, 3)
+    grads = []
+    for engine in ENGINES:
+        hard = (soft > 0.5).float()
+        gate = hard + soft - soft.detach()  # forward: 0/1; backward: soft
+        out = route(module, x, gate, engine=engine)
+        with torch.no_grad():
+            expected = torch.where(hard.bool()[:, None], module(x), x)
+        assert torch.allclose(out, expected)
+        (grad,) = torch.autograd.grad(out.sum(), soft)
+        grads.append(grad)
+    with torch.no_grad():
+        y = module(x)
+    masked, sparse = grads
+    assert torch.allclose(masked, (y - x).sum(1))  # d/dg [g·y + (1−g)·x]
+    assert torch.allclose(sparse[[0, 2]], masked[[0, 2]]) and torch.all(sparse[[1, 3]] == 0)
+
+
+def test_route_rejects_bad_decisions():
+    x = torch.randn(4, 2)
+    with pytest.raises(ValueError, match="unit='blk'.*3 decisions for a batch of 4"):
+        route(nn.Identity(), x, torch.ones(3, dtype=torch.bool), unit="blk")
+    with pytest.raises(ValueError, match="identity default"):
+        route(nn.Linear(2, 5), x, torch.tensor([1, 0, 1, 0]).bool(), unit="head")
+    with pytest.raises(DynbenchError, match="unknown engine 'fast'"):
+        route(nn.Identity(), x, torch.ones(4, dtype=torch.bool), engine="fast")
+
+
+def test_sample_router_module_and_unit_names():
+    class Net(DynamicModule):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(3, 3) for _ in range(2)])
+            self.router = SampleRouter(nn.Linear(3, 3))
+
+        def forward(self, x):
+            x = self.route(self.blocks[0], x, x[:, 0] > 0)
+            x = self.route(self.blocks[1], x, x[:, 1] > 0)
+            return self.router(x, x[:, 2] > 0)
+
+    net = Net()
+    assert set_engine(net, "masked") is net and net.router.engine == "masked" == net.engine
+    assert net.set_engine("sparse") is net and net.router.engine == "sparse"
+    with torch.no_grad(), trace() as t:
+        net(torch.randn(8, 3))
+    assert list(t.units_executed) == ["blocks.0", "blocks.1", "router"]
+    assert is_dynamic(net) and not is_dynamic(nn.Linear(2, 2))
+    with pytest.raises(DynbenchError, match="unknown engine"):
+        set_engine(net, "dense")
+
+
+# --- channel gating -------------------------------------------------------------------------
+
+
+def _gated(depthwise: bool, norm: bool, act: bool, seed: int = 0) -> GatedConv2d:
+    torch.manual_seed(seed)
+    c = 8
+    conv = nn.Conv2d(c, c, 3, padding=1, groups=c if depthwise else 1, bias=not norm)
+    bn = None
+    if norm:
+        bn = nn.BatchNorm2d(c)
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -0.5, 0.5)
+    return GatedConv2d(conv, bn, nn.ReLU() if act else None, unit="g").eval()
+
+
+def _patterns(n: int, c: int, kind: str, seed: int) -> torch.Tensor | None:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "none":
+        return None
+    if kind == "shared":
+        return (torch.rand(1, c, generator=g) > 0.5).expand(n, c).clone()
+    mask = torch.rand(n, c, generator=g) > 0.5
+    if kind == "mixed_with_empty":
+        mask[0] = False
+    return mask
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+@pytest.mark.parametrize("n", [1, 7])
+@pytest.mark.parametrize("out_kind,in_kind", [
+    ("mixed", "none"), ("none", "mixed"), ("mixed", "mixed"), ("shared", "shared"),
+    ("mixed_with_empty", "mixed_with_empty"), ("none", "none"),
+])
+def test_gated_conv_sparse_equals_masked_and_counts_kept_channels(depthwise, n, out_kind, in_kind):
+    layer = _gated(depthwise, norm=True, act=True)
+    x = torch.randn(n, 8, 6, 6)
+    out_mask = _patterns(n, 8, out_kind, 1)
+    in_mask = _patterns(n, 8, in_kind, 2)
+    gate = None if out_mask is None else out_mask * torch.rand(n, 8).add(0.5)  # float: scales
+    results = {}
+    for engine in ENGINES:
+        layer.set_engine(engine)
+        with torch.no_grad(), trace() as t:
+            y = layer(x, gate, in_mask)
+        results[engine] = (y, t)
+    (ym, tm), (ys, ts) = results["masked"], results["sparse"]
+    assert torch.allclose(ym, ys, atol=1e-5)
+    if out_mask is not None:
+        assert torch.all(ys[~out_mask] == 0)
+    # per-sample cost: kept output × kept input channels (depthwise: channels kept on both sides)
+    k = 9 * 36
+    outs = out_mask.sum(1) if out_mask is not None else torch.full((n,), 8)
+    ins = in_mask.sum(1) if in_mask is not None else torch.full((n,), 8)
+    if depthwise:
+        both = (out_mask if out_mask is not None else torch.ones(n, 8, dtype=torch.bool)) & (
+            in_mask if in_mask is not None else torch.ones(n, 8, dtype=torch.bool)
+        )
+        theoretical = both.sum(1) * k
+        executed_sparse = outs * k
+    else:
+        theoretical = outs * ins * k
+        executed_sparse = theoretical
+    full = (8 if depthwise else 64) * k
+    assert torch.equal(tm.macs_executed, torch.full((n,), full))
+    assert torch.equal(tm.macs_theoretical, theoretical) and torch.equal(ts.macs_theoretical, theoretical)
+    assert torch.equal(ts.macs_executed, executed_sparse)
+    if out_mask is not None:
+        assert torch.equal(ts.channels_kept["g"], outs) and torch.equal(tm.channels_kept["g"], outs)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_gated_conv_sparse_batch_one_matches_flop_counter(depthwise):
+    layer = _gated(depthwise, norm=False, act=True).set_engine("sparse")
+    x = torch.randn(1, 8, 5, 5)
+    gate = torch.tensor([[1, 0, 1, 1, 0, 0, 1, 0]]).bool()
+    in_mask = gate if depthwise else torch.tensor([[0, 1, 1, 1, 1, 0, 1, 1]]).bool()
+    with torch.no_grad(), trace() as t:
+        layer(x, gate, in_mask)
+    fc_layer = lambda v: layer(v, gate, in_mask)  # noqa: E731
+    assert int(t.macs_executed[0]) == flop_counter_macs(fc_layer, x)
+
+
+def test_gated_conv_all_input_channels_dropped_leaves_the_bias():
+    layer = _gated(False, norm=False, act=False)
+    x = torch.randn(2, 8, 4, 4)
+    in_mask = torch.zeros(2, 8, dtype=torch.bool)
+    gate = torch.ones(2, 8, dtype=torch.bool)
+    outs = [layer.set_engine(e)(x, gate, in_mask) for e in ENGINES]
+    assert torch.allclose(outs[0], outs[1]) and torch.allclose(outs[1], layer.conv.bias[None, :, None, None].expand(2, 8, 4, 4))
+
+
+def test_gated_conv_sparse_refuses_training_with_batchnorm_and_masked_trains():
+    layer = _gated(False, norm=True, act=True).train()
+    x = torch.randn(2, 8, 4, 4)
+    soft = torch.rand(2, 8, requires_grad=True)
+    hard = (soft > 0.5).float()
+    gate = hard + soft - soft.detach()
+    with pytest.raises(RuntimeError, match="masked"):
+        layer.set_engine("sparse")(x, gate)
+    layer.set_engine("masked")(x, gate).sum().backward()
+    assert soft.grad is not None and soft.grad.abs().sum() > 0
+    assert layer.conv.weight.grad is not None
+
+
+def test_gated_conv_rejects_what_it_cannot_slice():
+    with pytest.raises(ValueError, match="groups"):
+        GatedConv2d(nn.Conv2d(8, 8, 3, groups=2))
+    with pytest.raises(TypeError, match="BatchNorm2d"):
+        GatedConv2d(nn.Conv2d(8, 8, 3), nn.GroupNorm(2, 8))
+    layer = GatedConv2d(nn.Conv2d(8, 4, 3), unit="g")
+    with pytest.raises(ValueError, match=r"'g': gate must have shape \(2, 4\)"):
+        layer(torch.randn(2, 8, 5, 5), torch.ones(2, 8))
+
+
+# --- controllers ----------------------------------------------------------------------------
+
+
+def test_gate_feeding_only_an_if_is_counted_as_controller(digits):
+    model = IfGatedNet().eval()
+    gate = model.gate
+    x = digits[:1]
+    gate_macs = 4 * 1 * 9 * 64 + 4  # conv 1->4 3x3 on 8x8, linear 4->1
+    _, t = traced(model, x)
+    assert int(t.macs_controller[0]) == gate_macs
+    assert int(t.macs_executed[0]) == flop_counter_macs(model, x)
+    assert int(t.macs_executed[0]) > gate_macs
+    # the wrapper form counts the same
+    model.gate = Controller(nn.Sequential(*gate))
+    _, t2 = traced(model, x)
+    assert int(t2.macs_controller[0]) == gate_macs
+    assert mark_controller(gate) is gate  # idempotent: no second pair of hooks
+    _, t3 = traced(nn.Sequential(gate), x)
+    assert int(t3.macs_controller[0]) == gate_macs
+
+
+# --- the contract on every toy model --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(TOY_MODELS))
+def test_engines_give_identical_predictions_and_routing(toys, digits, name):
+    model = toys[name]
+    (out_m, tm), (out_s, ts) = (traced(model, digits, e) for e in ENGINES)
+    finite = torch.isfinite(out_m)
+    assert torch.equal(finite, torch.isfinite(out_s))
+    assert torch.allclose(out_m[finite], out_s[finite], atol=1e-4)
+    assert torch.equal(out_m.argmax(1), out_s.argmax(1))
+    assert tm.units_executed.keys() == ts.units_executed.keys()
+    for unit, counts in tm.units_executed.items():
+        assert torch.equal(counts, ts.units_executed[unit]), unit
+    for unit, kept in tm.channels_kept.items():
+        assert torch.equal(kept, ts.channels_kept[unit]), unit
+    assert torch.equal(tm.macs_theoretical, ts.macs_theoretical)
+    assert torch.equal(ts.macs_executed, ts.macs_theoretical)  # the sparse engine really skips
+    assert torch.all(tm.macs_executed >= tm.macs_theoretical)
+    decisions = [c for c in ts.units_executed.values()] + [k for k in ts.channels_kept.values()]
+    assert any(len(set(d.tolist())) > 1 for d in decisions), "the toy's decisions should vary"
+
+
+@pytest.mark.parametrize("name", sorted(TOY_MODELS))
+def test_sparse_macs_at_batch_one_equal_the_flop_counter(toys, digits, name):
+    model = set_engine(toys[name], "sparse")
+    for i in (0, 5):
+        x = digits[i : i + 1]
+        _, t = traced(model, x)
+        assert int(t.macs_executed[0]) == flop_counter_macs(model, x), f"sample {i}"
+
+
+@pytest.mark.parametrize("name", sorted(TOY_MODELS))
+@pytest.mark.parametrize("engine", ENGINES)
+def test_batch_invariance(toys, digits, name, engine):
+    model = toys[name]
+    x = digits[:8]
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(3))
+    out_b, tb = traced(model, x[perm], engine)
+    for j, i in enumerate(perm.tolist()):
+        out_1, t1 = traced(model, x[i : i + 1], engine)
+        assert torch.equal(out_1.argmax(1), out_b[j : j + 1].argmax(1))
+        assert int(t1.macs_executed[0]) == int(tb.macs_executed[j])
+        assert int(t1.macs_theoretical[0]) == int(tb.macs_theoretical[j])
+        assert int(t1.macs_controller[0]) == int(tb.macs_controller[j])
+        for unit, counts in tb.units_executed.items():
+            assert int(t1.units_executed.get(unit, torch.zeros(1))[0]) == int(counts[j]), unit
+
+
+@pytest.mark.parametrize("name", ["lcnet", "hierarchical", "nested", "fbs"])
+def test_module_and_function_counters_agree(toys, digits, name):
+    model = set_engine(toys[name], "sparse")
+    _, tm = traced(model, digits[:16], counter="modules")
+    _, tf = traced(model, digits[:16], counter="functions")
+    assert torch.equal(tm.macs_executed, tf.macs_executed)
+    assert torch.equal(tm.macs_controller, tf.macs_controller)
+    assert tf.other_ops and not tm.other_ops
+
+
+def test_nested_routing_records_inner_units_only_for_rows_that_reached_them(toys, digits):
+    model = toys["nested"]
+    for engine in ENGINES:
+        _, t = traced(model, digits, engine)
+        outer, inner = t.units_executed["outer"], t.units_executed["inner"]
+        assert torch.all(inner <= outer) and outer.sum() > inner.sum() > 0
+
+
+# --- the trace itself -----------------------------------------------------------------------
+
+
+def test_trace_leaves_no_hooks_and_does_not_nest(toys, digits):
+    hooks = dict(nn.modules.module._global_forward_hooks)
+    model = toys["lcnet"]
+    with pytest.raises(RuntimeError, match="boom"), trace():
+        model(digits[:2])
+        raise RuntimeError("boom")
+    assert active_trace() is None and dict(nn.modules.module._global_forward_hooks) == hooks
+    with trace(counter="functions"), pytest.raises(RuntimeError, match="do not nest"), trace():
+        pass
+    assert active_trace() is None
+    assert not torch.overrides._is_torch_function_mode_enabled()
+    t = trace()
+    with t:
+        pass
+    with pytest.raises(RuntimeError, match="one forward pass"), t:
+        pass
+
+
+def test_trace_results_and_batch_size(toys, digits):
+    model = set_engine(toys["lcnet"], "sparse")
+    with torch.no_grad(), trace() as t:
+        model(digits[:5])
+    assert t.batch_size == 5
+    frame = t.per_sample(offset=10)
+    assert list(frame.columns) == ["macs_executed", "macs_theoretical", "macs_controller", "units_executed"]
+    assert list(frame.index) == list(range(10, 15))
+    assert frame["units_executed"].tolist() == sum(t.units_executed.values()).tolist()
+    assert t.unit_table().shape == (5, len(t.units_executed))
+    assert sum(t.macs_by_kind_total.values()) == int(t.macs_executed.sum())
+    with trace(counter=None) as t0:  # routing only
+        model(digits[:5])
+    assert torch.all(t0.macs_executed == 0) and t0.units_executed.keys() == t.units_executed.keys()
