@@ -243,6 +243,9 @@ def _validate_known_names(cfg: dict[str, Any], where: str) -> None:
             lookup(value)
         except UnknownNameError as exc:
             raise ConfigError(f"{where}: key '{kind}.name': {exc}") from None
+    from benchmarks.data import DatasetOptions
+
+    DatasetOptions.parse(cfg["dataset"]["options"], get_source(cfg["dataset"]["name"]).info, where)
 
 
 def load_config(

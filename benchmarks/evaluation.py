@@ -46,7 +46,7 @@ def finalize_run(
     metrics: dict[str, Any] = {"selected": _selected(run), "splits": {}}
     rows = []
     for split in ("val", "test"):
-        data = load_split(dataset, split, data_root)
+        data = load_split(dataset, split, data_root, options=cfg["dataset"].get("options") or None)
         split_metrics = evaluate_split(model, method, data, batch)
         cost_summary = _cost(model, data, batch) if cost else {}
         split_metrics.update(cost_summary)

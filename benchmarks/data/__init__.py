@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -31,10 +32,12 @@ from benchmarks.data.base import (
     list_datasets,
 )
 from benchmarks.data.manifest import Manifest
+from benchmarks.data.options import DatasetOptions
 from benchmarks.errors import DynbenchError
 
 __all__ = [
     "DatasetInfo",
+    "DatasetOptions",
     "DatasetSource",
     "Manifest",
     "TensorSplit",
@@ -49,8 +52,10 @@ __all__ = [
 ]
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    return get_source(name).info
+def dataset_info(name: str, options: dict[str, Any] | None = None) -> DatasetInfo:
+    """The dataset's info; with `options` (config `dataset.options`), as the models see it."""
+    info = get_source(name).info
+    return DatasetOptions.parse(options, info).info(info) if options else info
 
 
 def load_split(
@@ -58,18 +63,22 @@ def load_split(
     split: str,
     data_root: str | os.PathLike | None = None,
     manifest: Manifest | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Dataset:
     """Load one standardized split, verifying its manifest and source files first.
 
     `manifest` overrides the checked-in manifest (tests build one for fixture files).
+    `options` are the config's `dataset.options` (see `benchmarks.data.options`).
     """
     source = get_source(name)
     check_split_name(split)
+    parsed = DatasetOptions.parse(options, source.info) if options else None
     folder = source.locate(data_root)
     manifest = source.verify(folder, manifest)
     if split not in manifest.splits:
         raise DynbenchError(f"dataset '{name}' has no '{split}' split in {manifest.path}")
-    return source.load_split(folder, manifest, split)
+    data = source.load_split(folder, manifest, split)
+    return parsed.apply(data, split) if parsed else data
 
 
 def verify_dataset(name: str, data_root: str | os.PathLike | None = None) -> tuple[Path, Manifest]:

@@ -87,7 +87,8 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.method: Method = get_method(self.cfg["method"])(self.cfg)
-        self.info = dataset_info(self.cfg["dataset"]["name"])
+        self.options = self.cfg["dataset"].get("options") or None
+        self.info = dataset_info(self.cfg["dataset"]["name"], self.options)
         train = self.cfg["train"]
         self.use_amp = bool(train["amp"]) and self.device.type == "cuda"
         self.channels_last = bool(train["channels_last"]) and self.device.type == "cuda"
@@ -135,8 +136,8 @@ class Trainer:
         if self.dist.is_main:
             self.run.create(self.cfg, environment_record(self.device, amp=self.use_amp, channels_last=self.channels_last, world_size=self.dist.world_size))
         distributed.barrier()
-        train_data = load_split(self.info.name, "train", self.data_root)
-        val_data = load_split(self.info.name, "val", self.data_root)
+        train_data = load_split(self.info.name, "train", self.data_root, options=self.options)
+        val_data = load_split(self.info.name, "val", self.data_root, options=self.options)
         stages = self.method.stages()
         state_path = self.run.checkpoint_dir / "last_state.pt"
         last_path = self.run.checkpoint_dir / "last"

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmarks.config import deep_merge
-from benchmarks.data import DatasetInfo
+from benchmarks.data import DatasetInfo, dataset_info
 from benchmarks.errors import ConfigError, UnknownNameError
 from benchmarks.registry import create_model
 
@@ -62,6 +62,8 @@ class Method:
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
         self.args = dict(cfg.get("method_args", {}))
+        #: the dataset as the models see it (after `dataset.options`: padding, binary task)
+        self.info = dataset_info(cfg["dataset"]["name"], cfg["dataset"].get("options") or None)
 
     # --- model ---------------------------------------------------------------------------
     def build_model(self, info: DatasetInfo) -> nn.Module:
@@ -136,16 +138,31 @@ class Method:
     def evaluate(
         self, model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
     ) -> dict[str, float]:
-        """Metrics of the model on a split (eval mode is set by the caller)."""
+        """Metrics of the model on a split (eval mode is set by the caller): accuracy and
+        loss, plus the F-score of class 1 for binary tasks whose metric is F1."""
         total, correct, loss_sum = 0, 0, 0.0
+        tp = fp = fn = 0
         for images, targets in batches:
             logits = model(images)
-            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-            correct += (logits.argmax(1) == targets).sum().item()
+            loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+            predictions = logits.argmax(1)
+            correct += (predictions == targets).sum().item()
             total += len(targets)
+            tp += ((predictions == 1) & (targets == 1)).sum().item()
+            fp += ((predictions == 1) & (targets != 1)).sum().item()
+            fn += ((predictions != 1) & (targets == 1)).sum().item()
         if total == 0:
             raise ConfigError("cannot evaluate on an empty split")
-        return {"accuracy": 100.0 * correct / total, "loss": loss_sum / total}
+        metrics = {"accuracy": 100.0 * correct / total, "loss": loss_sum / total}
+        if self.info.metric == "f1":
+            metrics["f1"] = f1_percent(tp, fp, fn)
+        return metrics
+
+
+def f1_percent(tp: int, fp: int, fn: int) -> float:
+    """F-score of the positive class, in percent (0 when nothing is predicted or present)."""
+    denominator = 2 * tp + fp + fn
+    return 100.0 * 2 * tp / denominator if denominator else 0.0
 
 
 _METHODS: dict[str, type[Method]] = {"supervised": Method}
