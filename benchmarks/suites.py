@@ -2,7 +2,8 @@
 
 `reproduce(suite)` trains (or reuses: same config hash, same run folder) every experiment of
 the suite for every seed, has the harness evaluate each selected model once on `test`,
-collects the result rows and renders the suite's tables.
+collects the result rows, renders the suite's tables (seed means, and the comparison with
+published numbers: `benchmarks.tables`) and its trade-off figures (`benchmarks.figures`).
 """
 
 from __future__ import annotations
@@ -18,20 +19,58 @@ import yaml
 
 from benchmarks.config import CONFIG_ROOT, find_config, load_config
 from benchmarks.errors import ConfigError, UnknownNameError
-from benchmarks.io import atomic_write_text, ensure_dir
-from benchmarks.results import collect_results, to_latex, to_markdown, write_results
+from benchmarks.io import ensure_dir
+from benchmarks.results import collect_results, write_results
 from benchmarks.runs import RunFolder, single_seed_config
 
 SUITES_FILE = CONFIG_ROOT / "suites.yaml"
-TABLE_COLUMNS = ["experiment", "model", "kind", "dataset", "split", "seed", "accuracy", "macs_mean", "params", "selected_epoch"]
 
 
 def load_suites() -> dict[str, dict[str, Any]]:
+    """The suites of suites.yaml. A suite lists `experiments`, or `include`s other suites (its
+    experiments are then the union of theirs, each run with its own suite's `quick` setting)."""
     data = yaml.safe_load(SUITES_FILE.read_text(encoding="utf-8")) or {}
     for name, suite in data.items():
-        if not isinstance(suite, dict) or not isinstance(suite.get("experiments"), list):
-            raise ConfigError(f"{SUITES_FILE}: suite '{name}' needs an 'experiments' list")
+        if not isinstance(suite, dict):
+            raise ConfigError(f"{SUITES_FILE}: suite '{name}' must be a mapping")
+        if not isinstance(suite.get("experiments", []), list):
+            raise ConfigError(f"{SUITES_FILE}: suite '{name}': 'experiments' must be a list")
+        if "experiments" not in suite and "include" not in suite:
+            raise ConfigError(f"{SUITES_FILE}: suite '{name}' needs an 'experiments' list or an 'include' list")
+        for other in suite.get("include", []):
+            if other not in data:
+                raise ConfigError(f"{SUITES_FILE}: suite '{name}' includes unknown suite '{other}'")
     return data
+
+
+def suite_members(suite: str, suites: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """`suite` and, recursively, the suites it includes (each once, in order)."""
+    suites = load_suites() if suites is None else suites
+    if suite not in suites:
+        raise UnknownNameError("suite", suite, suites)
+    members: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in members:
+            return
+        members.append(name)
+        for other in suites[name].get("include", []):
+            visit(other)
+
+    visit(suite)
+    return members
+
+
+def suite_experiments(suite: str, suites: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, bool]]:
+    """(experiment config, quick) pairs of `suite`, included suites' first-seen order, no repeats."""
+    suites = load_suites() if suites is None else suites
+    seen: list[tuple[str, bool]] = []
+    for name in suite_members(suite, suites):
+        quick = bool(suites[name].get("quick", False))
+        for experiment in suites[name].get("experiments", []):
+            if (experiment, quick) not in seen:
+                seen.append((experiment, quick))
+    return seen
 
 
 @dataclass
@@ -40,6 +79,8 @@ class SuiteReport:
     rows_file: Path
     tables: list[Path]
     runs: list[Path] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    drifted: int = 0
     reused: int = 0
     trained: int = 0
     seconds: float = 0.0
@@ -61,13 +102,15 @@ def reproduce(
     suites = load_suites()
     if suite not in suites:
         raise UnknownNameError("suite", suite, suites)
-    spec = suites[suite]
-    use_quick = spec.get("quick", False) if quick is None else quick
+    experiments = suite_experiments(suite, suites)
     out = ensure_dir(out)
     runs_root = ensure_dir(out / "runs")
     tables_dir = ensure_dir(out / "tables")
     # Validate every config before any training: a typo fails fast, with nothing written.
-    configs = [load_config(find_config(name), quick=use_quick) for name in spec["experiments"]]
+    configs = [
+        load_config(find_config(name), quick=suite_quick if quick is None else quick)
+        for name, suite_quick in experiments
+    ]
     started = time.perf_counter()
     report = SuiteReport(suite, tables_dir / f"{suite}.csv", [])
     jobs = [(cfg, seed) for cfg in configs for seed in (list(range(seeds)) if seeds else cfg["seeds"])]
@@ -85,11 +128,15 @@ def reproduce(
         report.runs.append(run.path)
     frame = collect_results(run / "results.csv" for run in report.runs)
     write_results(frame, report.rows_file)
-    columns = [c for c in TABLE_COLUMNS if c in frame.columns]
-    md = tables_dir / f"{suite}.md"
-    atomic_write_text(md, f"# Suite `{suite}`\n\n" + to_markdown(frame, columns))
-    tex = tables_dir / f"{suite}.tex"
-    atomic_write_text(tex, to_latex(frame, columns))
-    report.tables = [report.rows_file, md, tex]
+    # Seed means, the comparison with published numbers (architecture counts need no
+    # training) and the trade-off figures.
+    from benchmarks.figures import make_figures
+    from benchmarks.tables import build_tables
+
+    log(f"[{suite}] tables: comparing with published numbers")
+    tables = build_tables(suite, tables_dir, rows=frame, runs_root=runs_root)
+    report.tables = [report.rows_file, *tables.files]
+    report.drifted = len(tables.failures)
+    report.figures = make_figures(suite, frame, out / "figures", published=tables.published, log=log)
     report.seconds = time.perf_counter() - started
     return report

@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "reproduce": "benchmarks.cli.reproduce:reproduce",
     "train": "benchmarks.cli.train:train",
     "eval": "benchmarks.cli.train:evaluate",
+    "tables": "benchmarks.cli.tables:tables",
+    "figures": "benchmarks.cli.tables:figures",
 }
 
 

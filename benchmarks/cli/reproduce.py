@@ -26,3 +26,9 @@ def reproduce(suite: str, out: str, seeds: int | None, full: bool | None, data_r
     click.echo("tables:")
     for path in report.tables:
         click.echo(f"  {path}")
+    click.echo("figures:" if report.figures else "figures: none (no test rows and no published points)")
+    for path in report.figures:
+        click.echo(f"  {path}")
+    if report.drifted:
+        click.echo(f"warning: {report.drifted} reproduced number(s) drift from the published ones; "
+                   f"see `dynbench tables --suite {suite} --check`", err=True)  # fmt: skip
