@@ -406,7 +406,6 @@ def time_calls(
     min_time_ns = round(min_time_s * 1e9)
     bar = _progress_bar(planned, progress, desc)
     gc_was_enabled = gc.isenabled()
-    gc.collect()
     gc.disable()  # a collection inside a timed call is the harness's noise, not the model's
     try:
         start = clock()
@@ -745,38 +744,75 @@ def _summary_row(
     env_hash: str,
     load: tuple[float | None, float | None],
 ) -> dict[str, Any]:
-    stats = summarize_times(raw.timed_ns)
-    issues = set(raw.issues)
-    if len(issues) != 1:  # cannot happen with whole periods; a row must never hide it
-        raise AssertionError(f"unequal issuing of latency samples: counts {sorted(issues)}")
-    b = raw.batch_size
     row: dict[str, Any] = {
         "model": model_name,
         "engine": engine,
         "device": config.device,
-        "batch_size": b,
+        "batch_size": raw.batch_size,
         "dtype": config.dtype,
         "channels_last": config.channels_last,
         "compile_mode": config.compile_mode or "",
         "threads": threads,
         **samples.describe(),
-        "warmup_calls": raw.warmup_calls,
-        "warmup_s": raw.warmup_elapsed_ns / 1e9,
-        "timed_calls": len(raw.timed_ns),
-        "issues_per_sample": issues.pop(),
         "retries": config.retries,
-        "retried_calls": raw.retried_calls,
-        "preempted_fraction": raw.preempted_fraction,
         "load_1m_start": load[0],
         "load_1m_end": load[1],
-        **stats,
-        "per_sample_p50_ms": stats["p50_ms"] / b,
-        "per_sample_mean_ms": stats["mean_ms"] / b,
-        "throughput_sps": 1e3 * b / stats["mean_ms"] if stats["mean_ms"] > 0 else float("nan"),
+        **_timing_fields(raw),
         "environment_hash": env_hash,
     }
     row.update({f"env_{k}": v for k, v in env.items()})
     return row
+
+
+def _timing_fields(raw: RawTimings) -> dict[str, Any]:
+    """The columns computed from the raw timings."""
+    stats = summarize_times(raw.timed_ns)
+    issues = set(raw.issues)
+    if len(issues) != 1:  # cannot happen with whole periods; a row must never hide it
+        raise AssertionError(f"unequal issuing of latency samples: counts {sorted(issues)}")
+    b = raw.batch_size
+    return {
+        "warmup_calls": raw.warmup_calls,
+        "warmup_s": raw.warmup_elapsed_ns / 1e9,
+        "timed_calls": len(raw.timed_ns),
+        "issues_per_sample": issues.pop(),
+        "retried_calls": raw.retried_calls,
+        "preempted_fraction": raw.preempted_fraction,
+        **stats,
+        "per_sample_p50_ms": stats["p50_ms"] / b,
+        "per_sample_mean_ms": stats["mean_ms"] / b,
+        "throughput_sps": 1e3 * b / stats["mean_ms"] if stats["mean_ms"] > 0 else float("nan"),
+    }
+
+
+def merge_raw(parts: Sequence[RawTimings]) -> RawTimings:
+    """Concatenate the timings of several runs of one (model, engine, batch size).
+
+    Each part covers whole issue periods, so the merged timings do too, and a timed slot's
+    index keeps naming the same samples.
+    """
+    first = parts[0]
+    if any((p.batch_size, p.set_size) != (first.batch_size, first.set_size) for p in parts):
+        raise ValueError("can only merge timings of one batch size over one sample set")
+    merged = RawTimings(batch_size=first.batch_size, set_size=first.set_size, period=first.period)
+    offset = 0
+    for part in parts:
+        merged.warmup_ns += part.warmup_ns
+        merged.warmup_preempted += part.warmup_preempted
+        merged.warmup_elapsed_ns += part.warmup_elapsed_ns
+        merged.attempts += [(c + offset, a, t, q) for c, a, t, q in part.attempts]
+        merged.timed_ns += part.timed_ns
+        merged.timed_preempted += part.timed_preempted
+        offset += len(part.timed_ns)
+    merged.issues = [sum(counts) for counts in zip(*(p.issues for p in parts), strict=True)]
+    return merged
+
+
+def merge_measurements(parts: Sequence[LatencyMeasurement]) -> LatencyMeasurement:
+    """One measurement from several rounds of the same (model, engine, batch size)."""
+    raw = merge_raw([p.raw for p in parts])
+    row = {**parts[0].row, **_timing_fields(raw), "load_1m_end": parts[-1].row["load_1m_end"]}
+    return LatencyMeasurement(row=row, raw=raw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -861,31 +897,53 @@ def measure_realization(
     config: LatencyConfig = LatencyConfig(),
     *,
     engines: Sequence[str] | None = None,
+    rounds: int = 4,
     progress: bool | None = False,
     **timing: Any,
 ) -> RealizationResult:
     """Time a dynamic model and its static backbone on the same samples; their ratio rows.
 
-    MACs come from `benchmarks.cost` on the sample set. The two models are timed batch size
-    by batch size, back to back (static first), so that a change in the machine's load
-    between them affects one ratio, not all. `timing` goes to `measure_model` (fake clocks).
+    MACs come from `benchmarks.cost` on the sample set. For each batch size the models are
+    timed in `rounds` interleaved rounds (static first in even rounds, last in odd ones), each
+    covering whole issue periods, so that a change in the machine's load during the
+    measurement falls on both sides of the ratio. Warm-up runs in full before the first round
+    and briefly (2 calls) before the others. `timing` goes to `measure_model` (fake clocks).
     """
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
+    if is_dynamic(static_model):
+        raise ConfigError(f"the baseline '{static_name}' is a dynamic model; it must be static")
     chosen = model_engines(dynamic_model, engines)
-    dynamic_macs = {e: mean_executed_macs(dynamic_model, samples, e) for e in chosen}
-    static_macs = mean_executed_macs(static_model, samples)
+    with pinned_threads(config.threads):
+        dynamic_macs = {e: mean_executed_macs(dynamic_model, samples, e) for e in chosen}
+        static_macs = mean_executed_macs(static_model, samples)
+    subjects = [(static_model, static_name, STATIC_ENGINE, static_macs)] + [
+        (dynamic_model, dynamic_name, e, dynamic_macs[e]) for e in chosen
+    ]
     dyn: list[LatencyMeasurement] = []
     stat: list[LatencyMeasurement] = []
     for batch_size in config.batch_sizes:
-        one = dataclasses.replace(config, batch_sizes=(batch_size,))
-        stat += measure_model(
-            static_model, samples, static_name, one, progress=progress,
-            extra={"macs_per_sample": static_macs}, **timing,
-        )
-        for engine in chosen:
-            dyn += measure_model(
-                dynamic_model, samples, dynamic_name, one, engines=(engine,), progress=progress,
-                extra={"macs_per_sample": dynamic_macs[engine]}, **timing,
+        parts: dict[int, list[LatencyMeasurement]] = {i: [] for i in range(len(subjects))}
+        for r in range(rounds):
+            one = dataclasses.replace(
+                config,
+                batch_sizes=(batch_size,),
+                repeats=math.ceil(config.repeats / rounds),
+                min_time_s=config.min_time_s / rounds,
+                warmup_iters=config.warmup_iters if r == 0 else min(config.warmup_iters, 2),
+                warmup_s=config.warmup_s if r == 0 else 0.0,
             )
+            order = range(len(subjects)) if r % 2 == 0 else reversed(range(len(subjects)))
+            for i in order:
+                model, name, engine, macs = subjects[i]
+                parts[i] += measure_model(
+                    model, samples, name, one,
+                    engines=None if engine == STATIC_ENGINE else (engine,),
+                    progress=progress, extra={"macs_per_sample": macs, "rounds": rounds},
+                    **timing,
+                )
+        stat.append(merge_measurements(parts[0]))
+        dyn += [merge_measurements(parts[i]) for i in range(1, len(subjects))]
     rows = realization_rows([m.row for m in dyn], [m.row for m in stat], dynamic_macs, static_macs)
     return RealizationResult(dyn, stat, rows, dynamic_macs, static_macs)
 

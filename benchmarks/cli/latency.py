@@ -132,6 +132,8 @@ def _build(model_name: str, weights: str | None):
 @click.option("--baseline", default=None,
               help="Static backbone model id: also time it and report the realization ratio.")
 @click.option("--baseline-weights", type=click.Path(dir_okay=False), default=None)
+@click.option("--rounds", type=int, default=4, show_default=True,
+              help="With --baseline: interleaved rounds of model and baseline per batch size.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: results/latency/MODEL-DEVICE).")
 @data_root_option
@@ -156,6 +158,7 @@ def latency(
     compile_mode: str | None,
     baseline: str | None,
     baseline_weights: str | None,
+    rounds: int,
     out: str | None,
     data_root: str | None,
 ) -> None:
@@ -213,7 +216,7 @@ def latency(
     else:
         realization = measure_realization(
             model, static, sample_set, model_name, baseline, config,
-            engines=engines or None, progress=None,
+            engines=engines or None, rounds=rounds, progress=None,
         )
         measurements = realization.static + realization.dynamic
     summary = write_measurements(out_dir, measurements)

@@ -410,21 +410,20 @@ def test_cli_bad_input_exits_2_with_one_message(args, message, capsys, tmp_path)
 
 
 class MacsClock:
-    """Advances a fake clock by 1 ns per MAC of every conv/linear call: time ∝ MACs."""
+    """Advances a fake clock by `factor` ns per MAC of every conv/linear call: time ∝ MACs."""
 
-    def __init__(self, clock: FakeClock, model: nn.Module, per_route_ns: int = 0):
-        self.clock = clock
+    def __init__(self, clock: FakeClock, model: nn.Module):
+        self.clock, self.factor = clock, 1
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 m.register_forward_hook(self.hook)
-        self.per_route_ns = per_route_ns
 
     def hook(self, m, args, out):
         if isinstance(m, nn.Conv2d):
             k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
         else:
             k = m.in_features
-        self.clock.advance(out.numel() * k)
+        self.clock.advance(out.numel() * k * self.factor)
 
 
 def fake_timing(clock):
@@ -553,3 +552,45 @@ def test_cuda_request_without_cuda_is_a_clear_error():
     config = lat.LatencyConfig(device="cuda", batch_sizes=(1,))
     with pytest.raises(DynbenchError, match="no CUDA device"):
         lat.measure_model(nn.Identity(), lat.latency_sample_set("digits", count=4), "id", config)
+
+
+@pytest.mark.parametrize("rounds,expected", [(4, 1.0), (1, 0.5)])
+def test_interleaved_rounds_cancel_a_load_change(rounds, expected):
+    """The machine gets twice as slow halfway through: interleaved rounds put the change on
+    both sides of the ratio; timing one model after the other does not."""
+    from tests.benchmarks.test_bench_latency import toy_pair
+
+    model, backbone = toy_pair(width=4)
+    clock = FakeClock()
+    macs_clock = MacsClock(clock, backbone)
+    forwards = {"n": 0}
+    switch_after = 2 * rounds  # forwards (1 check + 1 timed per model and round) before the change
+
+    def count(module, args):
+        if not torch.is_inference_mode_enabled():
+            return  # MACs counting (no_grad), before the timing starts
+        forwards["n"] += 1
+        if forwards["n"] > switch_after:
+            macs_clock.factor = 2
+
+    backbone.stem.register_forward_pre_hook(count)  # shared by both models
+    samples = lat.latency_sample_set("digits", count=16)
+    config = lat.LatencyConfig(batch_sizes=(16,), repeats=rounds, warmup_iters=0, warmup_s=0,
+                               min_time_s=0)
+    result = lat.measure_realization(model, backbone, samples, "toy", "backbone", config,
+                                     engines=("sparse",), rounds=rounds, **fake_timing(clock))
+    (row,) = result.rows
+    assert row["realization_ratio"] == pytest.approx(expected, rel=1e-6)
+    assert result.static[0].row["timed_calls"] == rounds
+    assert result.static[0].raw.issues == [rounds] * 16
+
+
+def test_merged_rounds_keep_equal_issuing_and_all_attempts():
+    clock = FakeClock()
+    parts = [run_loop(clock, Recorder(clock, lambda i: 1000 * (i + 1)), n=4, b=3, repeats=1,
+                      warmup_iters=w) for w in (2, 0, 0)]
+    merged = lat.merge_raw(parts)
+    assert merged.issues == [9, 9, 9, 9] and len(merged.timed_ns) == 12
+    assert merged.warmup_calls == 2
+    assert [c for c, *_ in merged.attempts] == list(range(12))
+    assert merged.first_positions() == [(c * 3) % 4 for c in range(12)]
