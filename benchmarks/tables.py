@@ -103,7 +103,7 @@ COMPARISON_COLUMNS: dict[str, str] = {
     "published_id": "string",
 }
 
-_MAPPING_KEYS = {"match", "suites", "model", "reason", "experiment", "deviations"}
+_MAPPING_KEYS = {"match", "suites", "model", "reason", "experiment", "deviations", "cost"}
 _TEMPLATE_FIELDS = ("paper", "dataset", "backbone", "method", "variant")
 
 
@@ -122,6 +122,7 @@ class MappingEntry:
     reason: str = ""
     experiment: tuple[str, ...] = ()
     deviations: dict[str, str] = field(default_factory=dict)
+    cost: str | None = None  # "count" | "runs" | None (count static and pruned, runs for dynamic)
 
     def matches(self, row: dict[str, Any]) -> bool:
         return all(str(row.get(col, "")) in values for col, values in self.match.items())
@@ -219,7 +220,12 @@ def load_mapping(path: str | os.PathLike | None = None) -> list[MappingEntry]:
                     f"{where}: deviation for '{metric}', which is not compared "
                     f"(compared metrics: {', '.join(COMPARED_METRICS)})"
                 )
-        entry = MappingEntry(i, parsed_match, suites, model, reason.strip(), experiment, dict(deviations))
+        cost = raw.get("cost")
+        if cost not in (None, "count", "runs"):
+            raise ConfigError(f"{where}: 'cost' must be 'count' or 'runs', got {cost!r}")
+        if cost == "runs" and not experiment:
+            raise ConfigError(f"{where}: 'cost: runs' needs an 'experiment' whose runs give the cost")
+        entry = MappingEntry(i, parsed_match, suites, model, reason.strip(), experiment, dict(deviations), cost)
         if model is not None:
             entry.model_for({}, where=str(path))  # validates the template's fields
         try:
@@ -271,15 +277,6 @@ def count_architecture(model: str, dataset: str) -> tuple[int, int]:
 architecture_cost = functools.cache(count_architecture)
 
 
-@functools.cache
-def parameter_count(model: str, dataset: str) -> int:
-    from benchmarks.cost import count_params
-    from benchmarks.data import dataset_info
-    from benchmarks.registry import create_model
-
-    return count_params(create_model(model, num_classes=dataset_info(dataset).num_classes))
-
-
 def _base_model(spec) -> str | None:
     for tag in spec.tags:
         if tag.startswith("base:"):
@@ -318,22 +315,25 @@ class _Reproduced:
     note: str = ""
 
 
-def _test_rows(rows: pd.DataFrame, entry: MappingEntry, model: str, row: dict[str, Any]) -> pd.DataFrame:
+def _test_rows(rows: pd.DataFrame, entry: MappingEntry, row: dict[str, Any]) -> pd.DataFrame:
+    """Test rows of the entry's experiment on the row's dataset. The experiment names the
+    recipe; its rows' model id may differ from the entry's (a pruning run starts from the
+    base model and ends with the pruned one)."""
     if rows.empty or not entry.experiment:
         return rows.iloc[0:0]
-    sel = rows[(rows["split"] == "test") & (rows["model"] == model) & (rows["dataset"] == row["dataset"])]
+    sel = rows[(rows["split"] == "test") & (rows["dataset"] == row["dataset"])]
     keep = [entry.experiment_matches(str(e), row) for e in sel["experiment"]]
     return sel.loc[pd.Series(keep, index=sel.index, dtype=bool)]
 
 
-def _from_runs(rows: pd.DataFrame, entry: MappingEntry, model: str, row: dict[str, Any], column: str) -> _Reproduced:
-    dataset = row["dataset"]
+def _from_runs(rows: pd.DataFrame, entry: MappingEntry, row: dict[str, Any], column: str) -> _Reproduced:
     if not entry.experiment:
         return _Reproduced(note="no experiment is mapped to this recipe")
-    sel = _test_rows(rows, entry, model, row)
+    sel = _test_rows(rows, entry, row)
     sel = sel.loc[sel[column].notna()]
     if sel.empty:
-        return _Reproduced(note=f"no test rows of {model} on {dataset} from experiment {'/'.join(entry.experiment)}")
+        wanted = ", ".join(p.format(**{k: str(row.get(k, "")) for k in _TEMPLATE_FIELDS}) for p in entry.experiment)
+        return _Reproduced(note=f"no {row['dataset']} test rows of experiment {wanted} yet")
     experiments = sorted(set(sel["experiment"].astype(str)))
     if len(experiments) > 1:
         return _Reproduced(note=f"ambiguous: experiments {', '.join(experiments)} all match; narrow 'experiment'")
@@ -357,36 +357,38 @@ def _reproduce(row: dict[str, Any], entry: MappingEntry, rows: pd.DataFrame) -> 
         column = "accuracy" if metric != "top5_acc" else None
         if column is None:
             return model, _Reproduced(note="result rows hold top-1 accuracy only")
-        result = _from_runs(rows, entry, model, row, column)
+        result = _from_runs(rows, entry, row, column)
         if metric == "top1_err" and result.value is not None:
             result.value = 100.0 - result.value
         return model, result
-    counted = spec.kind != "dynamic"
+    # cost: counted on the architecture, or (dynamic models, architectures found by
+    # training such as network slimming) taken from the runs of the mapped experiment
+    counted = (entry.cost or ("runs" if spec.kind == "dynamic" else "count")) == "count"
+    base = _base_model(spec) or (None if counted or spec.kind == "dynamic" else model)
     try:
-        if metric == "params":
-            params = architecture_cost(model, dataset)[1] if counted else parameter_count(model, dataset)
-            return model, _Reproduced(float(params), source="count")
+        seeds = None
         if counted:
-            macs = float(architecture_cost(model, dataset)[0])
+            macs, params = (float(v) for v in architecture_cost(model, dataset))
             source = "count"
         else:
-            result = _from_runs(rows, entry, model, row, "macs_mean")
-            if result.value is None:
+            column = "params" if metric in ("params", "params_reduction") else "macs_mean"
+            result = _from_runs(rows, entry, row, column)
+            if result.value is None or metric in ("macs", "params"):
                 return model, result
-            macs, source = result.value, result.source
-        if metric == "macs":
-            return model, _Reproduced(macs, source=source)
-        base = _base_model(spec)
+            macs = params = result.value
+            source, seeds = result.source, result.seeds
+        if metric in ("macs", "params"):
+            return model, _Reproduced(macs if metric == "macs" else params, source=source)
         if base is None:
             return model, _Reproduced(note=f"'{model}' names no base model (tag 'base:<id>'), so no reduction")
         base_macs, base_params = architecture_cost(base, dataset)
+        versus = f"{source} vs {base}"
         if metric == "macs_reduction":
-            return model, _Reproduced(100.0 * (1.0 - macs / base_macs), source=f"{source} vs {base}")
+            return model, _Reproduced(100.0 * (1.0 - macs / base_macs), seeds=seeds, source=versus)
         if metric == "speedup":
-            return model, _Reproduced(base_macs / macs, source=f"{source} vs {base}")
+            return model, _Reproduced(base_macs / macs, seeds=seeds, source=versus)
         if metric == "params_reduction":
-            params = architecture_cost(model, dataset)[1] if counted else parameter_count(model, dataset)
-            return model, _Reproduced(100.0 * (1.0 - params / base_params), source=f"count vs {base}")
+            return model, _Reproduced(100.0 * (1.0 - params / base_params), seeds=seeds, source=versus)
     except Exception as exc:  # a model that cannot be built or counted is reported, not fatal
         return model, _Reproduced(note=f"cannot count {model} on {dataset}: {type(exc).__name__}: {exc}")
     return model, _Reproduced(note=f"metric '{metric}' is not compared")

@@ -63,6 +63,8 @@ def result_rows(model: str, dataset: str, accuracies, experiment: str = "exp", s
         ("entries:\n  - match: {paper: HE16}\n    model: x\n", "'suites' must be"),
         ("entries:\n  - match: {paper: HE16}\n    suites: [b]\n    model: x\n    deviations: {latency: slow}\n", "deviation for 'latency'"),
         ("entries:\n  - match: {paper: HE16}\n    suites: [b]\n    model: 'cifar_{depth}'\n", "may only use"),
+        ("entries:\n  - match: {paper: HE16}\n    suites: [b]\n    model: x\n    cost: runs\n", "needs an 'experiment'"),
+        ("entries:\n  - match: {paper: HE16}\n    suites: [b]\n    model: x\n    cost: flops\n", "'cost' must be"),
         ("entries: [\n", "not valid YAML"),
     ],
 )
@@ -202,6 +204,30 @@ def test_accuracy_comes_from_the_mapped_experiment_as_a_seed_mean(tmp_path):
     assert compare(pub, load_mapping(path), low).iloc[0]["status"] == STATUS_DRIFT
     # --tolerance-acc widens it
     assert compare(pub, load_mapping(path), low, tolerances={"top1_acc": _tol(1.5)}).iloc[0]["status"] == STATUS_OK
+
+
+def test_cost_from_runs_for_architectures_found_by_training(tmp_path):
+    """Network slimming: MACs and params come from the run, reductions against the counted base."""
+    path = write_mapping(tmp_path, """entries:
+  - match: {paper: LIU17, method: network_slimming, backbone: vgg19, dataset: cifar10, variant: pruned-70pct}
+    suites: [b]
+    model: cifar_vgg19
+    experiment: cifar10_vgg19_slim70
+    cost: runs
+""")
+    pub = published_subset(paper="LIU17", method="network_slimming", backbone="vgg19", dataset="cifar10")
+    base_macs, base_params = count_architecture("cifar_vgg19", "cifar10")
+    rows = results_frame(
+        make_row(experiment="cifar10_vgg19_slim70", model="cifar_vgg19_slim", dataset="cifar10", split="test",
+                 seed=seed, accuracy=93.7, macs_mean=0.49 * base_macs, params=int(0.115 * base_params))  # fmt: skip
+        for seed in range(3)
+    )
+    table = compare(pub, load_mapping(path), rows).set_index("metric")
+    assert table.loc["macs", "source"] == "runs: cifar10_vgg19_slim70" and table.loc["macs", "seeds"] == 3
+    assert math.isclose(table.loc["macs_reduction", "reproduced_value"], 51.0)
+    assert table.loc["macs_reduction", "source"] == "runs: cifar10_vgg19_slim70 vs cifar_vgg19"
+    assert math.isclose(table.loc["params_reduction", "reproduced_value"], 88.5, abs_tol=0.01)
+    assert set(table["status"]) == {STATUS_OK}
 
 
 def _tol(points: float):
