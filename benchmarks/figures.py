@@ -150,8 +150,12 @@ def published_points(published: pd.DataFrame | None) -> pd.DataFrame:
     macs = frame[(frame["metric"] == "macs") & frame["value_macs"].notna()][join + ["value_macs"]]
     merged = acc.merge(macs.rename(columns={"value_macs": "macs"}), on=join)
     merged = merged.drop_duplicates(subset=join)
-    # the same printed model under two method names (Li et al.'s static and L1 "baseline")
+    # the same printed model under two method names (Li et al.'s static VGG-16 and the
+    # "baseline" of their L1 rows): keep the method's, so its curve starts at its baseline
+    merged["_static"] = merged["method"] == "static"
+    merged = merged.sort_values("_static", kind="stable")
     merged = merged.drop_duplicates(subset=["paper", "dataset", "backbone", "accuracy", "macs"])
+    merged = merged.sort_index()
     return merged[columns].reset_index(drop=True)
 
 
@@ -363,7 +367,7 @@ def make_figures(
         paths += draw(
             series,
             out / f"{_slug(suite)}_accuracy_vs_macs_{_slug(dataset)}",
-            title=f"{dataset}: top-1 accuracy vs MACs per sample (suite '{suite}', test split)"
+            title=f"{dataset}: top-1 accuracy vs MACs per image (suite '{suite}', test split)"
             + ("\npublished numbers only: no reproduced accuracy yet" if only_published else ""),
             xlabel="MACs per image (mean executed, batch 1)",
             ylabel="top-1 accuracy on test (%)",
