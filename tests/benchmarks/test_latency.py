@@ -184,6 +184,23 @@ def test_preempted_calls_are_reissued_with_the_same_batch_and_kept_apart():
     assert len(raw.attempts) == 6
 
 
+def test_reissuing_stops_when_futile():
+    clock = FakeClock()
+    switches = {"n": 0}
+
+    def always_preempted(i):
+        switches["n"] += 1
+        return 1_000_000
+
+    model = Recorder(clock, always_preempted)
+    raw = run_loop(clock, model, n=32, b=1, repeats=32, retries=3,
+                   preemptions=lambda: switches["n"])
+    # 16 futile re-issues (slots 0-5: 3 each = 18 >= 16) -> slot 6 on: one attempt per slot
+    assert raw.retries_stopped_at == 6
+    assert raw.retried_calls == 18 and len(raw.attempts) == 32 + 18
+    assert raw.preempted_fraction == 1.0 and raw.issues == [1] * 32
+
+
 def test_issue_period_and_positions():
     assert lat.issue_period(256, 1) == 256
     assert lat.issue_period(256, 64) == 4
