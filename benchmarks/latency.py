@@ -35,13 +35,17 @@ time.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import gc
+import io
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,6 +62,7 @@ from benchmarks import routing as _routing
 from benchmarks.data.manifest import index_list_sha256
 from benchmarks.environment import environment_hash, environment_record
 from benchmarks.errors import ConfigError, DynbenchError
+from benchmarks.io import atomic_write_text, ensure_dir
 
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 8, 64, 256)
 DEFAULT_SAMPLE_COUNT = 256
@@ -967,6 +972,48 @@ def measure_realization(
         dyn += [merge_measurements(parts[i]) for i in range(1, len(subjects))]
     rows = realization_rows([m.row for m in dyn], [m.row for m in stat], dynamic_macs, static_macs)
     return RealizationResult(dyn, stat, rows, dynamic_macs, static_macs)
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def _rows_csv(rows: Sequence[dict[str, Any]]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_rows(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
+    """Rows as a CSV, atomically (columns: the union of the rows' keys, in first-seen order)."""
+    return atomic_write_text(path, _rows_csv(rows))
+
+
+def raw_file_name(row: Mapping[str, Any]) -> str:
+    """`MODEL__ENGINE__bBATCH.csv`, with anything but letters, digits, '.', '-', '_' replaced."""
+    name = f"{row['model']}__{row['engine']}__b{row['batch_size']}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) + ".csv"
+
+
+def write_measurements(
+    out: str | os.PathLike,
+    measurements: Sequence[LatencyMeasurement],
+    summary_name: str = "latency_summary.csv",
+) -> Path:
+    """Raw CSVs first, then the summary (each atomically): a summary names only files that exist."""
+    ensure_dir(Path(out) / "raw")
+    rows = []
+    for m in measurements:
+        name = raw_file_name(m.row)
+        atomic_write_text(Path(out) / "raw" / name, _rows_csv(m.raw_rows()))
+        rows.append({**m.row, "raw_file": f"raw/{name}"})
+    return atomic_write_text(Path(out) / summary_name, _rows_csv(rows))
 
 
 SUMMARY_COLUMNS = (

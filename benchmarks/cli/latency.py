@@ -8,29 +8,26 @@ Prints the summary table and writes, atomically, into --out:
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import click
 
 from benchmarks.cli.options import data_root_option
 from benchmarks.errors import ConfigError
-from benchmarks.io import atomic_write_text, ensure_dir
+from benchmarks.io import ensure_dir
 from benchmarks.latency import (
     COMPILE_MODES,
     DEFAULT_SAMPLE_COUNT,
     DEFAULT_SAMPLE_SEED,
     DTYPES,
     LatencyConfig,
-    LatencyMeasurement,
     format_table,
     is_dynamic,
     latency_sample_set,
     measure_model,
     measure_realization,
+    write_measurements,
+    write_rows,
 )
 
 DEFAULTS = LatencyConfig()
@@ -50,39 +47,6 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
     if not items or any(v < 1 for v in items):
         raise ConfigError(f"{option}: expected positive integers, got '{value}'")
     return items
-
-
-def _rows_csv(rows: Sequence[dict[str, Any]]) -> str:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """Rows as a CSV, atomically (columns: the union of the rows' keys, in first-seen order)."""
-    return atomic_write_text(path, _rows_csv(rows))
-
-
-def raw_file_name(row: dict[str, Any]) -> str:
-    return f"{row['model']}__{row['engine']}__b{row['batch_size']}.csv"
-
-
-def write_measurements(
-    out: Path, measurements: Sequence[LatencyMeasurement], summary_name: str = "latency_summary.csv"
-) -> Path:
-    """Raw CSVs first, then the summary (each atomically): a summary names only files that exist."""
-    ensure_dir(out / "raw")
-    rows = []
-    for m in measurements:
-        name = raw_file_name(m.row)
-        atomic_write_text(out / "raw" / name, _rows_csv(m.raw_rows()))
-        rows.append({**m.row, "raw_file": f"raw/{name}"})
-    return atomic_write_text(out / summary_name, _rows_csv(rows))
 
 
 def _build(model_name: str, weights: str | None):

@@ -128,8 +128,6 @@ def realization_figure(out_dir: str, batch_sizes=(1, 64), repeats: int = 50) -> 
     on 256 Fashion-MNIST test images; writes the CSVs under `out_dir`."""
     from pathlib import Path
 
-    from benchmarks.cli.latency import write_measurements, write_rows
-
     model, backbone = toy_pair()
     samples = lat.latency_sample_set("fashion-mnist")
     config = lat.LatencyConfig(batch_sizes=tuple(batch_sizes), threads=1, repeats=repeats)
@@ -138,8 +136,8 @@ def realization_figure(out_dir: str, batch_sizes=(1, 64), repeats: int = 50) -> 
         progress=None,
     )
     out = Path(out_dir)
-    write_measurements(out, result.static + result.dynamic, "realization_toy_latency.csv")
-    write_rows(out / "realization_toy.csv", result.rows)
+    lat.write_measurements(out, result.static + result.dynamic, "realization_toy_latency.csv")
+    lat.write_rows(out / "realization_toy.csv", result.rows)
     return result.rows
 
 
