@@ -1,7 +1,8 @@
 """Trace overhead: evaluation of a ResNet-56-sized model with and without `routing.trace()`.
 
-A fixed batch of real digits test images (64; batch 1 too), CPU, one thread, eval mode under
-no_grad; the plain and traced calls are interleaved so that machine noise hits both alike,
+A fixed batch of real test images at CIFAR resolution (Fashion-MNIST padded to 32×32 where
+the data is installed, else digits padded to 32×32; 64 images, and batch 1), CPU, one thread,
+eval mode under no_grad; the plain and traced calls are interleaved so that machine noise hits both alike,
 and the ratio of medians is reported (target <= 1.10 at evaluation batch sizes). The traced
 call includes reading the per-sample tensors. Models: the static `cifar_resnet56` (only the
 module-hook counter works) and the ResNet-56-sized toy L-Net (block skipping through sample
@@ -30,11 +31,19 @@ MODELS: dict[str, Callable[[], torch.nn.Module]] = {
 }
 
 
+def _images(count: int, split: str = "test") -> torch.Tensor:
+    """Real evaluation inputs at the resolution a CIFAR ResNet-56 is built for."""
+    from benchmarks.data import dataset_status
+
+    name = "fashion-mnist" if dataset_status("fashion-mnist") else "digits"
+    return load_split(name, split, options={"pad_to": 32}).images[:count]
+
+
 def _model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     model = MODELS[name]().eval()
     if name.startswith("toy"):
-        calibrate(model, load_split("digits", "val").images[:96])
+        calibrate(model, _images(96, "val"))
         set_engine(model, "sparse")
     return model
 
@@ -64,7 +73,7 @@ def test_trace_overhead(benchmark, name, batch):
     torch.set_num_threads(1)
     try:
         model = _model(name)
-        x = load_split("digits", "test").images[:batch]
+        x = _images(batch)
 
         def plain():
             with torch.no_grad():
