@@ -602,7 +602,9 @@ class LatencyMeasurement:
         rows = [
             {**keys, "phase": "warmup", "call": i, "attempt": 0, "first_sample": (i * b) % n,
              "time_ns": t, "preemptions": p, "kept": False}
-            for i, (t, p) in enumerate(zip(self.raw.warmup_ns, self.raw.warmup_preempted, strict=True))
+            for i, (t, p) in enumerate(
+                zip(self.raw.warmup_ns, self.raw.warmup_preempted, strict=True)
+            )
         ]
         # a slot keeps its last attempt: the first clean one, or the last try
         last = {call: attempt for call, attempt, _, _ in self.raw.attempts}
@@ -688,8 +690,10 @@ def measure_model(
     """Time `model` on `samples` at every batch size of `config`, for each engine.
 
     Static models are timed once per batch size (engine 'none'); dynamic ones in both
-    engines unless `engines` narrows it. `clock`, `synchronize` and `preemptions` are
-    injectable for tests; on CUDA the per-call time comes from CUDA events. `extra` columns are added to every row.
+    engines unless `engines` narrows it. The model is put in eval mode and moved to the
+    device and dtype in place. `clock`, `synchronize` and `preemptions` are injectable for
+    tests; on CUDA the per-call time comes from CUDA events. `extra` columns are added to
+    every row.
     """
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -708,14 +712,15 @@ def measure_model(
             threads=threads,
         )
         env_hash = environment_hash(env)
+        events = device.type == "cuda" and synchronize is None
         for engine in model_engines(model, engines):
             runnable = prepare_model(model, engine, config)
             for batch_size in config.batch_sizes:
                 batches = round_robin_batches(inputs, int(batch_size))
-                timer = cuda_event_timer(device) if device.type == "cuda" and synchronize is None else None
+                timer = cuda_event_timer(device) if events else None
                 load_start = load_average()
                 with torch.inference_mode():
-                    _check_runs(runnable, batches[0], model_name, samples)
+                    _check_runs(runnable, batches[0], model_name, samples, config.compile_mode)
                     raw = time_calls(
                         runnable,
                         batches,
@@ -743,16 +748,25 @@ def measure_model(
     return results
 
 
-def _check_runs(fn: Callable, batch: torch.Tensor, model_name: str, samples: LatencySampleSet) -> None:
-    """Fail with a clear message (not a stack of conv errors) when the inputs do not fit."""
+def _check_runs(
+    fn: Callable, batch: torch.Tensor, model_name: str, samples: LatencySampleSet,
+    compile_mode: str | None = None,
+) -> None:
+    """Fail with one clear message (not a stack of conv errors) when the first call fails."""
     try:
         fn(batch)
     except (RuntimeError, ValueError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if compile_mode is not None:
+            raise DynbenchError(
+                f"model '{model_name}' failed under torch.compile(mode='{compile_mode}'): "
+                f"{first_line}. Run without --compile to time it eagerly."
+            ) from exc
         raise DynbenchError(
             f"model '{model_name}' failed on latency inputs of shape "
             f"{'x'.join(map(str, samples.input_shape))} from dataset '{samples.dataset}': "
-            f"{str(exc).splitlines()[0]}. Use the model's dataset (--dataset) or fit the "
-            f"images to its input with --input-shape C,H,W."
+            f"{first_line}. Use the model's dataset (--dataset) or fit the images to its "
+            f"input with --input-shape C,H,W."
         ) from exc
 
 
@@ -1023,7 +1037,9 @@ SUMMARY_COLUMNS = (
 """The columns of the printed summary table (the CSV keeps every column)."""
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = SUMMARY_COLUMNS) -> str:
+def format_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = SUMMARY_COLUMNS
+) -> str:
     """A plain fixed-width text table of `rows`."""
     def cell(value: Any) -> str:
         if isinstance(value, float):

@@ -155,7 +155,8 @@ def latency(
     sample_set = latency_sample_set(
         dataset, count=samples, seed=seed, data_root=data_root, input_shape=shape
     )
-    out_dir = Path(out) if out else Path("results") / "latency" / f"{model_name}-{device.replace(':', '')}"
+    default_out = Path("results") / "latency" / f"{model_name}-{device.replace(':', '')}"
+    out_dir = Path(out) if out else default_out
     ensure_dir(out_dir)  # fail on an unwritable folder before minutes of measurement
 
     model = _build(model_name, weights)
