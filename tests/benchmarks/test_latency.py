@@ -336,6 +336,15 @@ def test_wrong_input_shape_is_a_clear_error():
         lat.measure_model(model, lat.latency_sample_set("digits", count=4), "rgb", config)
 
 
+def test_compile_failure_is_a_clear_error():
+    def broken(x):
+        raise RuntimeError("backend compiler failed\nlong inductor traceback")
+
+    samples = lat.latency_sample_set("digits", count=4)
+    with pytest.raises(DynbenchError, match=r"torch.compile\(mode='default'\): backend compiler failed"):
+        lat._check_runs(broken, samples.images[:1], "m", samples, compile_mode="default")
+
+
 @pytest.mark.parametrize(
     "kwargs", [dict(batch_sizes=()), dict(batch_sizes=(0,)), dict(threads=0), dict(dtype="int8"),
                dict(compile_mode="fast"), dict(device="tpu"), dict(repeats=0), dict(warmup_s=-1)]
