@@ -230,7 +230,8 @@ def join_latency(points: pd.DataFrame, latency: pd.DataFrame, log: Callable[[str
                 continue
         for point in match.to_dict("records"):
             out.append({**point, "engine": lat["engine"], "device": lat["device"],
-                        "batch_size": int(lat["batch_size"]), "latency_ms": float(lat["p50_ms"])})  # fmt: skip
+                        "batch_size": int(lat["batch_size"]), "latency_ms": float(lat["p50_ms"]),
+                        "threads": lat.get("threads")})  # fmt: skip
     return pd.DataFrame(out)
 
 
@@ -382,6 +383,8 @@ def make_figures(
         for (dataset, device), group in joined.groupby(["dataset", "device"], sort=True):
             batch = 1 if (group["batch_size"] == 1).any() else int(group["batch_size"].min())
             group = group[group["batch_size"] == batch]
+            counts = set(group["threads"].dropna().astype(int)) if "threads" in group else set()
+            threads = counts.pop() if len(counts) == 1 else None
             series = []
             for engine, part in group.groupby("engine", sort=True):
                 for s in reproduced_series(part, x_column="latency_ms"):
@@ -391,7 +394,8 @@ def make_figures(
             paths += draw(
                 series,
                 out / f"{_slug(suite)}_accuracy_vs_latency_{_slug(dataset)}_{_slug(device)}_b{batch}",
-                title=f"{dataset}: top-1 accuracy vs measured latency ({device}, batch {batch})",
+                title=f"{dataset}: top-1 accuracy vs measured latency ({device}, batch {batch}"
+                + (f", {threads} thread{'s' if threads != 1 else ''})" if threads else ")"),
                 xlabel=f"median latency per batch of {batch} (ms)",
                 ylabel="top-1 accuracy on test (%)",
                 count_axis=False,
