@@ -1,0 +1,565 @@
+"""D2NN graphs (Liu & Deng, AAAI 2018): a DAG of regular, control and dummy nodes.
+
+    g = D2NNGraph()
+    g.regular("trunk", trunk)                                    # reads the network input
+    g.control("q", qnet, inputs=["trunk"], actions=2)           # one Q-value per action
+    g.regular("high", high, inputs=["trunk"], gate=("q", 0))    # runs where q chose action 0
+    g.regular("low", low, inputs=["trunk"], gate=("q", 1))
+    g.regular("out", SumInputs(), inputs=[DataEdge("high", 0.0), DataEdge("low", 0.0)])
+    model = D2NN(g, output="out", exits=["high", "low"], reference={"q": 0})
+
+* **Regular nodes** are `nn.Module`s called with their data inputs, in declaration order.
+* **Control nodes** output one score (Q-value) per action; the best-scoring action is taken
+  (ε-greedy while training). Action `a` enables every node gated by `(control, a)`. Control
+  nodes read detached inputs (the Q-loss never reaches regular nodes) and are controllers for
+  the cost model (`benchmarks.routing.mark_controller`).
+* **Dummy nodes** cost nothing and output a constant; they give an action that "ends
+  execution" a node to enable (the cascade's stop).
+* **Data edges** may carry a default value that flows where their source did not run for a
+  sample (e.g. 0 for a branch output that is summed, −inf for leaf logits). Without a default,
+  a sample whose source did not run is absent downstream: the consumer does not run for it.
+
+A node runs for a sample when its gate (if any) is open for it and every data input without a
+default is present. Execution is a topological walk; every node runs through
+`benchmarks.routing.route` on exactly its samples, so skipped nodes cost nothing in the sparse
+engine and every sample's executed MACs (controllers included) are recorded by a trace.
+
+Restrictions, checked when the model is built (a violation is a `D2NNGraphError` naming the
+node): the graph is acyclic; edges point at declared nodes; a control node's outgoing edges are
+control edges and a regular or dummy node's are data edges; control nodes are not gated; each
+node has at most one gate; every action of a control node enables at least one node (add a
+dummy node for "do nothing").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from benchmarks.errors import DynbenchError
+from benchmarks.routing import DynamicModule, mark_controller, route, trace
+
+__all__ = [
+    "ALL_ACTIONS",
+    "CONTROL",
+    "DUMMY",
+    "INPUT",
+    "REGULAR",
+    "D2NN",
+    "D2NNGraph",
+    "D2NNGraphError",
+    "DataEdge",
+    "Gate",
+    "GraphRun",
+    "SumInputs",
+]
+
+REGULAR, CONTROL, DUMMY = "regular", "control", "dummy"
+#: the name of the network input as a data source
+INPUT = "input"
+#: action code of a control node whose every action is enabled (policy "all")
+ALL_ACTIONS = -2
+_NOT_REACHED = -1
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class D2NNGraphError(DynbenchError, ValueError):
+    """A D2NN graph that breaks the rules (the message names the node and the rule)."""
+
+
+@dataclass(frozen=True)
+class DataEdge:
+    """A data edge from `source`; `default` (a number) flows where the source did not run."""
+
+    source: str
+    default: float | None = None
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A control edge: the node runs where control node `control` took action `action`."""
+
+    control: str
+    action: int
+
+
+EdgeLike = str | DataEdge
+
+
+@dataclass
+class _Node:
+    name: str
+    kind: str
+    inputs: tuple[DataEdge, ...]
+    gate: Gate | None = None
+    actions: int = 0
+    value: float = 1.0
+
+
+class D2NNGraph:
+    """Builder of a D2NN graph: declare nodes in any order, then build a `D2NN` from it."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, _Node] = {}
+        self.modules: dict[str, nn.Module] = {}
+
+    def _add(self, node: _Node, module: nn.Module | None) -> D2NNGraph:
+        if not isinstance(node.name, str) or not _NAME.match(node.name) or node.name == INPUT:
+            raise D2NNGraphError(
+                f"D2NN node name {node.name!r} is invalid: use a Python identifier other than "
+                f"'{INPUT}'"
+            )
+        if node.name in self.nodes:
+            raise D2NNGraphError(f"D2NN node '{node.name}' is declared twice")
+        if module is not None and not isinstance(module, nn.Module):
+            raise D2NNGraphError(
+                f"D2NN node '{node.name}': the module must be an nn.Module, got "
+                f"{type(module).__name__}"
+            )
+        self.nodes[node.name] = node
+        if module is not None:
+            self.modules[node.name] = module
+        return self
+
+    @staticmethod
+    def _edges(name: str, inputs: Iterable[EdgeLike]) -> tuple[DataEdge, ...]:
+        edges = []
+        for item in inputs:
+            edge = DataEdge(item) if isinstance(item, str) else item
+            if not isinstance(edge, DataEdge):
+                raise D2NNGraphError(
+                    f"D2NN node '{name}': inputs must be node names or DataEdge, got {item!r}"
+                )
+            if edge.default is not None and not isinstance(edge.default, (int, float)):
+                raise D2NNGraphError(
+                    f"D2NN node '{name}': the default of the edge from '{edge.source}' must be a "
+                    f"number, got {edge.default!r}"
+                )
+            edges.append(edge)
+        return tuple(edges)
+
+    @staticmethod
+    def _gate(name: str, gate: Gate | tuple[str, int] | None) -> Gate | None:
+        if gate is None or isinstance(gate, Gate):
+            return gate
+        if isinstance(gate, tuple) and len(gate) == 2:
+            return Gate(str(gate[0]), int(gate[1]))
+        raise D2NNGraphError(f"D2NN node '{name}': gate must be (control node, action), got {gate!r}")
+
+    def regular(
+        self,
+        name: str,
+        module: nn.Module,
+        inputs: Sequence[EdgeLike] = (INPUT,),
+        gate: Gate | tuple[str, int] | None = None,
+    ) -> D2NNGraph:
+        """A regular node: `module(*inputs)`, run where its gate is open and inputs present."""
+        return self._add(_Node(name, REGULAR, self._edges(name, inputs), self._gate(name, gate)), module)
+
+    def control(
+        self, name: str, module: nn.Module, inputs: Sequence[EdgeLike], actions: int
+    ) -> D2NNGraph:
+        """A control node: `module(*inputs)` returns (N, `actions`) Q-values."""
+        if not isinstance(actions, int) or actions < 2:
+            raise D2NNGraphError(
+                f"D2NN control node '{name}' needs at least 2 actions, got {actions!r}"
+            )
+        return self._add(_Node(name, CONTROL, self._edges(name, inputs), None, actions), module)
+
+    def dummy(
+        self, name: str, gate: Gate | tuple[str, int] | None = None, value: float = 1.0
+    ) -> D2NNGraph:
+        """A dummy node: no computation, outputs `value` (one number per sample)."""
+        return self._add(_Node(name, DUMMY, (), self._gate(name, gate), value=float(value)), None)
+
+    # --- validation ------------------------------------------------------------------------
+    def validate(self, output: str) -> list[str]:
+        """Check the rules; return the nodes in topological order (declaration order breaks
+        ties, so the walk is deterministic)."""
+        nodes = self.nodes
+        if output not in nodes:
+            raise D2NNGraphError(f"D2NN output node '{output}' is not declared")
+        if nodes[output].kind != REGULAR:
+            raise D2NNGraphError(f"D2NN output node '{output}' must be a regular node, not {nodes[output].kind}")
+        for node in nodes.values():
+            if node.kind != DUMMY and not node.inputs:
+                raise D2NNGraphError(f"D2NN {node.kind} node '{node.name}' has no data inputs")
+            for edge in node.inputs:
+                if edge.source == INPUT:
+                    continue
+                if edge.source not in nodes:
+                    raise D2NNGraphError(
+                        f"D2NN node '{node.name}' reads from '{edge.source}', which is not declared"
+                    )
+                if nodes[edge.source].kind == CONTROL:
+                    raise D2NNGraphError(
+                        f"D2NN node '{node.name}' has a data edge from control node "
+                        f"'{edge.source}': a control node's outgoing edges are control edges "
+                        "(gate nodes with gate=(control, action))"
+                    )
+            gate = node.gate
+            if gate is None:
+                continue
+            if node.kind == CONTROL:  # unreachable through the builder; kept for hand-made graphs
+                raise D2NNGraphError(f"D2NN control node '{node.name}' is gated: control nodes are not gated")
+            if gate.control not in nodes:
+                raise D2NNGraphError(
+                    f"D2NN node '{node.name}' is gated by '{gate.control}', which is not declared"
+                )
+            source = nodes[gate.control]
+            if source.kind != CONTROL:
+                raise D2NNGraphError(
+                    f"D2NN node '{node.name}' is gated by '{gate.control}', a {source.kind} node: "
+                    "control edges start at control nodes"
+                )
+            if not 0 <= gate.action < source.actions:
+                raise D2NNGraphError(
+                    f"D2NN node '{node.name}' is gated by action {gate.action} of "
+                    f"'{gate.control}', which has actions 0..{source.actions - 1}"
+                )
+        for node in nodes.values():
+            if node.kind != CONTROL:
+                continue
+            used = {n.gate.action for n in nodes.values() if n.gate and n.gate.control == node.name}
+            missing = sorted(set(range(node.actions)) - used)
+            if missing:
+                raise D2NNGraphError(
+                    f"D2NN control node '{node.name}': action {missing[0]} enables no node "
+                    "(gate a dummy node on it to end execution)"
+                )
+        return self._topological_order()
+
+    def _topological_order(self) -> list[str]:
+        deps = {
+            name: {e.source for e in node.inputs if e.source != INPUT}
+            | ({node.gate.control} if node.gate else set())
+            for name, node in self.nodes.items()
+        }
+        order: list[str] = []
+        done: set[str] = set()
+        pending = list(self.nodes)
+        while pending:
+            ready = [n for n in pending if deps[n] <= done]
+            if not ready:
+                raise D2NNGraphError(f"D2NN graph has a cycle through: {' -> '.join(self._cycle(deps, pending))}")
+            for name in ready:
+                order.append(name)
+                done.add(name)
+            pending = [n for n in pending if n not in done]
+        return order
+
+    @staticmethod
+    def _cycle(deps: dict[str, set[str]], pending: list[str]) -> list[str]:
+        left = set(pending)
+        node, path = pending[0], []
+        while node not in path:
+            path.append(node)
+            node = sorted(deps[node] & left)[0]
+        cycle = path[path.index(node) :] + [node]
+        return cycle[::-1]  # in data-flow order: each node feeds the next
+
+
+class SumInputs(nn.Module):
+    """Adds its inputs: the merge of alternative branches whose edges default to 0."""
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        out = inputs[0]
+        for x in inputs[1:]:
+            out = out + x
+        return out
+
+
+@dataclass
+class GraphRun:
+    """One forward pass of a D2NN over a batch.
+
+    `outputs[node]` has one row per sample (zeros where the node did not run); `ran[node]`
+    says where it ran (for control nodes: where its module ran); `reached[control]` where its
+    inputs were present (it ran, or its action was forced); `q[control]` its Q-values (where it
+    ran); `actions[control]` the action per sample (-1 not reached, -2 every action enabled).
+    """
+
+    output: torch.Tensor
+    outputs: dict[str, torch.Tensor]
+    ran: dict[str, torch.Tensor]
+    reached: dict[str, torch.Tensor] = field(default_factory=dict)
+    q: dict[str, torch.Tensor] = field(default_factory=dict)
+    actions: dict[str, torch.Tensor] = field(default_factory=dict)
+    controls: list[str] = field(default_factory=list)
+
+    def decisions(self) -> dict[str, list[int]]:
+        """Actions per control node, as lists (for records and golden tests)."""
+        return {c: self.actions[c].tolist() for c in self.controls}
+
+
+Policy = str | Mapping[str, int]
+
+
+class _Constant(nn.Module):
+    """The computation of a dummy node: a constant per row, no MACs."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_full((x.shape[0], 1), self.value)
+
+
+class D2NN(DynamicModule):
+    """An executable D2NN built from a `D2NNGraph`.
+
+    `output` is the node whose output is the network's prediction; `exits` are the nodes that
+    produce class scores (pretraining sums their cross-entropies); `reference` is the policy of
+    the reference static path that normalizes cost (e.g. `{"q": 0}` for the high-capacity path,
+    or "all" for every node); `pretrain_policy` is "all" (every gated node runs) or "random"
+    (random actions: alternatives that replace each other, such as a chain's widths).
+    """
+
+    def __init__(
+        self,
+        graph: D2NNGraph,
+        output: str,
+        exits: Sequence[str] = (),
+        reference: Policy = "all",
+        pretrain_policy: str = "all",
+    ):
+        super().__init__()
+        self.order = graph.validate(output)
+        self.specs = dict(graph.nodes)
+        for name in exits:
+            if name not in self.specs or self.specs[name].kind != REGULAR:
+                raise D2NNGraphError(f"D2NN exit '{name}' is not a regular node of the graph")
+        if pretrain_policy not in ("all", "random"):
+            raise D2NNGraphError(f"pretrain_policy must be 'all' or 'random', got {pretrain_policy!r}")
+        self.output_node = output
+        self.exits = tuple(exits) or (output,)
+        self.controls = [n for n in self.order if self.specs[n].kind == CONTROL]
+        self.reference_policy = self._check_policy(reference)
+        self.pretrain_policy = pretrain_policy
+        self.nodes = nn.ModuleDict()
+        for name in self.order:
+            if name in graph.modules:
+                module = graph.modules[name]
+                if self.specs[name].kind == CONTROL:
+                    mark_controller(module)
+                self.nodes[name] = module
+        self._dummies = {
+            n: _Constant(s.value) for n, s in self.specs.items() if s.kind == DUMMY
+        }
+        self._row_shapes: dict[tuple[str, tuple[int, ...]], tuple[int, ...]] = {}
+        self._reference_macs: dict[tuple[int, ...], int] = {}
+
+    # --- policies --------------------------------------------------------------------------
+    def _check_policy(self, policy: Policy) -> Policy:
+        if isinstance(policy, str):
+            if policy not in ("greedy", "all"):
+                raise D2NNGraphError(f"D2NN policy must be 'greedy', 'all' or a mapping, got {policy!r}")
+            return policy
+        for control, action in policy.items():
+            if control not in self.specs or self.specs[control].kind != CONTROL:
+                raise D2NNGraphError(f"D2NN policy names '{control}', which is not a control node")
+            if not 0 <= int(action) < self.specs[control].actions:
+                raise D2NNGraphError(
+                    f"D2NN policy: action {action} of '{control}' is out of range "
+                    f"0..{self.specs[control].actions - 1}"
+                )
+        return dict(policy)
+
+    def _unit(self, name: str) -> str:
+        prefix = self.__dict__.get("_dynbench_prefix", "")
+        return f"{prefix}.{name}" if prefix else name
+
+    # --- execution -------------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        policy: Policy = "greedy",
+        epsilon: float = 0.0,
+        generator: torch.Generator | None = None,
+        return_run: bool = False,
+    ) -> torch.Tensor | GraphRun:
+        """The prediction (logits) of the output node; with `return_run`, the whole `GraphRun`.
+
+        `policy`: "greedy" (each control node takes its best action; with probability
+        `epsilon` per sample a uniformly random one instead), "all" (control nodes do not run;
+        every gated node is enabled), or a mapping {control: action} forcing those controls'
+        actions for every sample (forced controls do not run; the others are greedy).
+        """
+        run = self.run(x, policy=policy, epsilon=epsilon, generator=generator)
+        return run if return_run else run.output
+
+    def run(
+        self,
+        x: torch.Tensor,
+        *,
+        policy: Policy = "greedy",
+        epsilon: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> GraphRun:
+        policy = self._check_policy(policy) if policy != "greedy" else policy
+        n = x.shape[0]
+        device = x.device
+        everyone = torch.ones(n, dtype=torch.bool, device=device)
+        outputs: dict[str, torch.Tensor] = {INPUT: x}
+        ran: dict[str, torch.Tensor] = {INPUT: everyone}
+        result = GraphRun(output=x, outputs=outputs, ran=ran, controls=list(self.controls))
+        for name in self.order:
+            spec = self.specs[name]
+            keep = self._enabled(spec, result, everyone)
+            for edge in spec.inputs:
+                if edge.default is None:
+                    keep = keep & ran[edge.source]
+            inputs = [self._edge_value(edge, outputs, ran) for edge in spec.inputs]
+            if spec.kind == CONTROL:
+                self._run_control(spec, inputs, keep, policy, epsilon, generator, result)
+                continue
+            if spec.kind == DUMMY:
+                module: Callable = self._dummies[name]
+                inputs = [x]
+            else:
+                module = self.nodes[name]
+            outputs[name] = self._route(name, module, inputs, keep)
+            ran[name] = keep
+        if not bool(ran[self.output_node].all()):
+            missing = (~ran[self.output_node]).nonzero().squeeze(1).tolist()[:5]
+            raise RuntimeError(
+                f"D2NN output node '{self.output_node}' did not run for samples {missing}: give "
+                "the data edges into it default values, or make every path reach it"
+            )
+        result.output = outputs[self.output_node]
+        del outputs[INPUT], ran[INPUT]
+        return result
+
+    def _enabled(self, spec: _Node, run: GraphRun, everyone: torch.Tensor) -> torch.Tensor:
+        if spec.gate is None:
+            return everyone
+        action = run.actions[spec.gate.control]
+        return run.reached[spec.gate.control] & (
+            (action == spec.gate.action) | (action == ALL_ACTIONS)
+        )
+
+    @staticmethod
+    def _edge_value(edge: DataEdge, outputs: dict, ran: dict) -> torch.Tensor:
+        value, present = outputs[edge.source], ran[edge.source]
+        if edge.default is None or bool(present.all()):
+            return value
+        mask = present.view(-1, *([1] * (value.dim() - 1)))
+        return torch.where(mask, value, torch.full_like(value, edge.default))
+
+    def _route(
+        self, name: str, module: Callable, inputs: list[torch.Tensor], keep: torch.Tensor
+    ) -> torch.Tensor:
+        """Run `module` on the rows in `keep` through the routing contract (rows that do not
+        run hold zeros)."""
+        if self.engine == "masked" and not bool(keep.all()):
+            # the masked engine computes every row: rows that do not run get zeros, never
+            # default values such as -inf whose gradients would be NaN
+            inputs = [torch.where(keep.view(-1, *([1] * (v.dim() - 1))), v, torch.zeros_like(v)) for v in inputs]
+        out_shape = None
+        if not bool(keep.any()):
+            out_shape = self._row_shape(name, module, inputs)
+        return route(
+            module, inputs[0], keep, *inputs[1:], default=0.0, unit=self._unit(name),
+            engine=self.engine, out_shape=out_shape,
+        )
+
+    def _row_shape(self, name: str, module: Callable, inputs: list[torch.Tensor]) -> tuple[int, ...]:
+        """The per-row output shape of a node that runs on no sample of this batch: remembered
+        from an earlier batch, or found by calling it on zero rows (which costs no MACs)."""
+        key = (name, tuple(inputs[0].shape[1:]))
+        shape = self._row_shapes.get(key)
+        if shape is None:
+            with torch.no_grad():
+                shape = tuple(module(*[v[:0] for v in inputs]).shape[1:])
+            self._row_shapes[key] = shape
+        return shape
+
+    def _run_control(
+        self,
+        spec: _Node,
+        inputs: list[torch.Tensor],
+        keep: torch.Tensor,
+        policy: Policy,
+        epsilon: float,
+        generator: torch.Generator | None,
+        run: GraphRun,
+    ) -> None:
+        name, n = spec.name, keep.shape[0]
+        run.reached[name] = keep
+        if policy == "all" or (isinstance(policy, dict) and name in policy):
+            code = ALL_ACTIONS if policy == "all" else int(policy[name])
+            run.actions[name] = torch.where(keep, code, _NOT_REACHED)
+            run.ran[name] = torch.zeros_like(keep)
+            return
+        # the state is detached: the Q-loss trains the control node only
+        q = self._route(name, self.nodes[name], [v.detach() for v in inputs], keep)
+        if q.dim() != 2 or q.shape[1] != spec.actions:
+            raise RuntimeError(
+                f"D2NN control node '{name}' returned shape {tuple(q.shape)}; expected "
+                f"(N, {spec.actions}) Q-values"
+            )
+        action = q.detach().argmax(1)
+        if epsilon > 0:
+            explore = torch.rand(n, generator=generator, device=keep.device) < epsilon
+            random = torch.randint(spec.actions, (n,), generator=generator, device=keep.device)
+            action = torch.where(explore, random, action)
+        run.q[name] = q
+        run.actions[name] = torch.where(keep, action, _NOT_REACHED)
+        run.ran[name] = keep
+        run.outputs[name] = q
+
+    # --- cost ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def path_macs(self, x: torch.Tensor, policy: Policy) -> torch.Tensor:
+        """Per-sample MACs (controllers included) of running `x` under `policy`, counted by
+        the routing trace (eval mode; training flags are restored)."""
+        flags = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            with trace(batch_size=x.shape[0]) as t:
+                self.run(x, policy=policy)
+        finally:
+            for module, training in flags:
+                module.training = training
+        return t.macs_theoretical
+
+    def reference_macs(self, x: torch.Tensor) -> int:
+        """MACs of the reference static path (the `reference` policy) for inputs shaped like
+        `x` (a real sample; the path's cost does not depend on its content)."""
+        key = tuple(x.shape[1:])
+        macs = self._reference_macs.get(key)
+        if macs is None:
+            macs = int(self.path_macs(x[:1], self.reference_policy)[0])
+            if macs <= 0:
+                raise RuntimeError("the D2NN reference path costs no MACs; cannot normalize cost")
+            self._reference_macs[key] = macs
+        return macs
+
+    def extra_repr(self) -> str:
+        kinds = [self.specs[n].kind for n in self.order]
+        return (
+            f"regular={kinds.count(REGULAR)}, control={kinds.count(CONTROL)}, "
+            f"dummy={kinds.count(DUMMY)}, output={self.output_node!r}, engine={self.engine!r}"
+        )
+
+
+def describe_graph(model: D2NN) -> list[dict[str, Any]]:
+    """One record per node (name, kind, inputs with defaults, gate, actions), in walk order."""
+    records = []
+    for name in model.order:
+        spec = model.specs[name]
+        records.append({
+            "name": name,
+            "kind": spec.kind,
+            "inputs": [{"source": e.source, "default": e.default} for e in spec.inputs],
+            "gate": None if spec.gate is None else [spec.gate.control, spec.gate.action],
+            "actions": spec.actions or None,
+        })
+    return records
