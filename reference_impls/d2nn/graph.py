@@ -476,8 +476,16 @@ class D2NN(DynamicModule):
         key = (name, tuple(inputs[0].shape[1:]))
         shape = self._row_shapes.get(key)
         if shape is None:
-            with torch.no_grad():
-                shape = tuple(module(*[v[:0] for v in inputs]).shape[1:])
+            # eval mode: an empty batch must not touch BatchNorm state (num_batches_tracked)
+            flags = [(m, m.training) for m in module.modules()] if isinstance(module, nn.Module) else []
+            for m, _ in flags:
+                m.training = False
+            try:
+                with torch.no_grad():
+                    shape = tuple(module(*[v[:0] for v in inputs]).shape[1:])
+            finally:
+                for m, training in flags:
+                    m.training = training
             self._row_shapes[key] = shape
         return shape
 

@@ -299,6 +299,10 @@ def test_the_q_loss_does_not_reach_regular_nodes(digits):
 def test_a_node_that_runs_on_no_sample_still_gives_defaults(digits):
     torch.manual_seed(0)
     model = create_model("d2nn_hierarchical", width=4).train()
+    before = {k: v.clone() for k, v in model.nodes["b0"].state_dict().items()}
     run = model(digits[:4], policy={"root": 1}, return_run=True)  # only the 'trousers' branch
     assert run.output.shape == (4, 10)
     assert run.output[:, 1].isfinite().all() and torch.isinf(run.output[:, [0, 2, 3, 4, 5, 6, 7, 8, 9]]).all()
+    after = model.nodes["b0"].state_dict()  # finding b0's output shape left its BatchNorm alone
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.nodes["b0"].training
