@@ -400,57 +400,45 @@ def plot(records: Sequence[dict[str, Any]], report: Path, name: str) -> list[Pat
 
 def cascade_latency(
     records: Sequence[dict[str, Any]], report: Path, name: str, data_root: str | None = None,
-    batch_sizes: Sequence[int] = (1, 64), threads: int = 1,
+    batch_sizes: Sequence[int] = (1, 64), threads: int = 1, count: int = 256, config: Any = None,
 ) -> list[Path]:
     """Time the cascade D2NN with the lowest val MACs against the static full cascade (all four
-    stages), at each batch size, with `benchmarks.latency`; write the rows and the realization
-    ratio (speed-up over the static network divided by the MACs reduction)."""
-    from benchmarks.cost import measure_cost
-    from benchmarks.latency import (
-        LatencyConfig,
-        latency_sample_set,
-        measure_model,
-        realization_ratio,
-    )
+    stages, trained alone) with `benchmarks.latency.measure_realization` (interleaved rounds,
+    MACs counted on the timed images); write the rows and the realization ratio (speed-up over
+    the static network divided by the MACs reduction). `count` test images are timed;
+    `config` (a `LatencyConfig`) replaces the default one built from `batch_sizes`, `threads`."""
+    from benchmarks.latency import LatencyConfig, latency_sample_set, measure_realization
 
     cascade = [r for r in records if r["model"] == "d2nn_cascade"]
     full = [r for r in records if r["model"] == "d2nn_cascade_static" and r["point"] in ("stages=4", "default")]
     if not cascade or not full:
         raise DynbenchError("latency needs a d2nn_cascade panel with its d2nn_cascade_static stages=4 baseline")
-    cheapest = min(cascade, key=lambda r: r["val_macs_ratio"])
+    cheapest = min(cascade, key=lambda r: (r["val_macs_ratio"], -r["val_score"]))
     dynamic = load_selected_model(RunFolder(Path(cheapest["run_dir"])))
     static = load_selected_model(RunFolder(Path(full[0]["run_dir"])))
-    samples = latency_sample_set(cheapest["dataset"], data_root=data_root)
-    config = LatencyConfig(batch_sizes=tuple(batch_sizes), threads=threads)
-    macs_dynamic = float(measure_cost(dynamic, samples.images, engine="sparse").summary["macs_executed"]["mean"])
-    macs_static = float(measure_cost(static, samples.images).summary["macs_executed"]["mean"])
-    rows = [m.row for m in measure_model(dynamic, samples, f"d2nn_cascade {cheapest['point']}", config)]
-    rows += [m.row for m in measure_model(static, samples, "d2nn_cascade_static stages=4", config)]
-    summary = []
-    for b in batch_sizes:
-        base = next(r for r in rows if r["engine"] == "none" and r["batch_size"] == b)
-        for engine in ("sparse", "masked"):
-            dyn = next(r for r in rows if r["engine"] == engine and r["batch_size"] == b)
-            ratio = realization_ratio(dyn, base, macs_dynamic, macs_static)
-            summary.append({
-                "batch_size": b, "engine": engine, "d2nn_p50_ms": dyn["p50_ms"], "static_p50_ms": base["p50_ms"],
-                "d2nn_macs": macs_dynamic, "static_macs": macs_static,
-                "macs_fraction": macs_dynamic / macs_static, "time_fraction": dyn["p50_ms"] / base["p50_ms"],
-                **ratio,
-            })
+    samples = latency_sample_set(cheapest["dataset"], count=count, data_root=data_root)
+    config = config or LatencyConfig(batch_sizes=tuple(batch_sizes), threads=threads)
+    result = measure_realization(
+        dynamic, static, samples, f"d2nn_cascade {cheapest['point']}", "d2nn_cascade_static stages=4", config
+    )
     import pandas as pd
 
     report = ensure_dir(report)
-    csv = atomic_write_text(report / f"{name}_latency.csv", pd.DataFrame(rows).to_csv(index=False))
-    env = rows[0]
+    measured = [m.row for m in result.static + result.dynamic]
+    csv = atomic_write_text(report / f"{name}_latency.csv", pd.DataFrame(measured).to_csv(index=False))
+    rows = [dict(r, macs_fraction=r["macs"] / r["baseline_macs"], time_fraction=r["latency_ms"] / r["baseline_latency_ms"]) for r in result.rows]
+    env = measured[0]
     text = (
         f"# D2NN cascade latency ({name})\n\n"
-        f"The cascade D2NN at its cheapest λ point ({cheapest['point']}, lowest val MACs) vs the "
-        "static full cascade (all four stages, trained alone), timed by `benchmarks.latency` on "
-        f"{len(samples)} seeded test images (sha256 {samples.sha256[:12]}), CPU, {threads} thread(s), "
-        f"p50 of {env['count']}+ calls per row; torch {env.get('env_torch', '?')}.\n\n"
-        + _md_table(summary, ["batch_size", "engine", "d2nn_p50_ms", "static_p50_ms", "macs_fraction",
-                              "time_fraction", "speedup", "macs_reduction", "realization_ratio"])
+        f"The cascade D2NN at its cheapest λ point ({cheapest['point']}: lowest val MACs; test "
+        f"{cheapest['metric']} {cheapest['score']:.2f}) against the static full cascade (all four "
+        f"stages, trained alone; test {full[0]['metric']} {full[0]['score']:.2f}), timed by "
+        f"`benchmarks.latency.measure_realization` on {len(samples)} seeded test images (sha256 "
+        f"{samples.sha256[:12]}): CPU, {env['threads']} thread(s), interleaved rounds, p50 per call. "
+        f"MACs are the mean executed MACs on those images (controllers included). 1-minute load "
+        f"average at the start: {env.get('load_1m_start')} (a shared 2-core machine).\n\n"
+        + _md_table(rows, ["batch_size", "engine", "latency_ms", "baseline_latency_ms", "macs_fraction",
+                           "time_fraction", "speedup", "macs_reduction", "realization_ratio"])
     )
     md = atomic_write_text(report / f"{name}_latency.md", text)
     return [csv, md]

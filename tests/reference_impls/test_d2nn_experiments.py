@@ -143,6 +143,12 @@ def test_lfw_b_cascade_panel_runs_end_to_end_on_fixture_crops(tmp_path, monkeypa
     assert all(r["macs_controller_mean"] > 0 for r in d2nn)
     paths = sweep.write_tables(records, tmp_path / "report", "lfwb") + sweep.plot(records, tmp_path / "report", "lfwb")
     assert all(p.is_file() for p in paths)
+    from benchmarks.latency import LatencyConfig
+
+    config = LatencyConfig(batch_sizes=(1, 4), threads=1, repeats=2, warmup_iters=1, warmup_s=0.0, min_time_s=0.0)
+    latency = sweep.cascade_latency(records, tmp_path / "report", "lfwb", str(tmp_path), count=8, config=config)
+    text = latency[1].read_text()
+    assert "realization_ratio" in text and "| 4 | sparse |" in text and "| 1 | masked |" in text
 
 
 @pytest.mark.slow
