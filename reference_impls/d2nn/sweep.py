@@ -350,36 +350,54 @@ def write_tables(records: Sequence[dict[str, Any]], report: Path, name: str) -> 
     return [csv, md, cmp_md]
 
 
+def _draw_panel(ax: Any, panel: str, rows: Sequence[dict[str, Any]]) -> None:
+    top = max(r["score"] for r in rows)
+    shown = [r["score"] for r in rows if r["score"] >= 0.5 * top]
+    margin = 0.08 * (top - min(shown) + 1.0)
+    low, high = min(shown) - margin, top + margin
+
+    def draw(xs: list[float], scores: list[float], style: str, color: str, **kwargs: Any) -> None:
+        ax.plot(xs, [max(v, low) for v in scores], style, color=color, **kwargs)
+        for x, score in zip(xs, scores, strict=True):
+            if score < low:  # off the axis: pinned to the bottom edge, value printed
+                ax.plot(x, low, "v", color=color, markersize=7, clip_on=False)
+                ax.annotate(f"{score:.1f}", (x, low), fontsize=6, xytext=(4, 3), textcoords="offset points", color=color)
+
+    d2nn = sorted((r for r in rows if r["kind"] == "d2nn"), key=lambda r: r["macs_ratio"])
+    draw([r["macs_ratio"] for r in d2nn], [r["score"] for r in d2nn], "o-", "C0", label="D2NN (λ sweep)", zorder=3)
+    for i, r in enumerate(d2nn):
+        ax.annotate(r["point"].replace("lam=", "λ="), (r["macs_ratio"], max(r["score"], low)), fontsize=6,
+                    xytext=(4, 4 + 7 * (i % 2)), textcoords="offset points", color="C0")
+    conf = sorted((r for r in rows if r["kind"] == "confidence"), key=lambda r: r["macs_ratio"])
+    if conf:
+        draw([r["macs_ratio"] for r in conf], [r["score"] for r in conf], "^--", "C2", label="confidence cascade (val-tuned)")
+    for i, r in enumerate(r for r in rows if r["kind"] == "static"):
+        label = r["model"].replace("d2nn_", "") + ("" if r["point"] == "default" else f" {r['point']}")
+        draw([r["macs_ratio"]], [r["score"]], "s", f"C{3 + i % 7}", label=f"{label} (static)", markersize=7)
+    ax.set_ylim(low, high)
+    ax.set_xlim(-0.03, max(1.05, max(r["macs_ratio"] for r in rows) + 0.05))
+    ax.set_title(panel, fontsize=9)
+    ax.set_xlabel("mean executed MACs / reference path")
+    ax.set_ylabel("F-score (%)" if rows[0]["metric"] == "f1" else "accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+
+
 def plot(records: Sequence[dict[str, Any]], report: Path, name: str) -> list[Path]:
+    """One panel per design: the D2NN λ sweep as a line, static baselines as points, the
+    confidence cascade as a dashed line. The y-axis shows the informative range; points far
+    below it (a degenerate operating point, e.g. F-score 0) sit on the bottom edge as ▼ with
+    their value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = list(dict.fromkeys(r["panel"] for r in records))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-    markers = {"static": "s", "confidence": "^"}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 5.2), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
-        rows = [r for r in records if r["panel"] == panel]
-        d2nn = sorted((r for r in rows if r["kind"] == "d2nn"), key=lambda r: r["macs_ratio"])
-        ax.plot([r["macs_ratio"] for r in d2nn], [r["score"] for r in d2nn], "o-", color="C0", label="D2NN (λ sweep)")
-        for r in d2nn:
-            ax.annotate(r["point"].replace("lam=", "λ="), (r["macs_ratio"], r["score"]), fontsize=6,
-                        xytext=(3, -8), textcoords="offset points", color="C0")
-        conf = sorted((r for r in rows if r["kind"] == "confidence"), key=lambda r: r["macs_ratio"])
-        if conf:
-            ax.plot([r["macs_ratio"] for r in conf], [r["score"] for r in conf], "^--", color="C2",
-                    label="confidence cascade (val-tuned)")
-        for i, r in enumerate(r for r in rows if r["kind"] == "static"):
-            label = r["model"].replace("d2nn_", "") + ("" if r["point"] == "default" else f" {r['point']}")
-            ax.plot(r["macs_ratio"], r["score"], markers["static"], color=f"C{3 + i % 7}", label=label)
-        metric = rows[0]["metric"]
-        ax.set_title(f"{panel}", fontsize=9)
-        ax.set_xlabel("mean executed MACs / reference path")
-        ax.set_ylabel("F-score (%)" if metric == "f1" else "accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right")
-    fig.suptitle(f"D2NN accuracy–cost trade-offs ({name}, test split)", fontsize=10)
+        _draw_panel(ax, panel, [r for r in records if r["panel"] == panel])
+    fig.suptitle(f"D2NN accuracy–cost trade-offs ({name}, test split; ▼ = below the axis, value printed)", fontsize=10)
     fig.tight_layout()
     report = ensure_dir(report)
     paths = []
