@@ -36,7 +36,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -556,18 +555,3 @@ class D2NN(DynamicModule):
             f"regular={kinds.count(REGULAR)}, control={kinds.count(CONTROL)}, "
             f"dummy={kinds.count(DUMMY)}, output={self.output_node!r}, engine={self.engine!r}"
         )
-
-
-def describe_graph(model: D2NN) -> list[dict[str, Any]]:
-    """One record per node (name, kind, inputs with defaults, gate, actions), in walk order."""
-    records = []
-    for name in model.order:
-        spec = model.specs[name]
-        records.append({
-            "name": name,
-            "kind": spec.kind,
-            "inputs": [{"source": e.source, "default": e.default} for e in spec.inputs],
-            "gate": None if spec.gate is None else [spec.gate.control, spec.gate.action],
-            "actions": spec.actions or None,
-        })
-    return records

@@ -164,3 +164,22 @@ def test_stage_kinds_and_method_args_are_validated():
     method.cfg = {**cfg, "stages": [{"name": "finetune"}]}
     with pytest.raises(ConfigError, match="'pretrain' or 'joint'"):
         method.stages()
+
+
+def test_control_nodes_can_learn_at_their_own_rate_in_the_joint_stage():
+    from benchmarks.engine.optim import build_optimizer
+
+    cfg, method = _method(q_lr_scale=10)
+    assert _method()[1].q_lr_scale == 10.0  # the default
+    torch.manual_seed(0)
+    model = method.build_model(method.info)
+    pretrain, joint = method.stages()
+    assert isinstance(method.trainable_parameters(model, pretrain), list)
+    joint = type(joint)(**{**joint.__dict__, "optimizer": {"name": "adam", "lr": 0.002}})
+    groups = method.trainable_parameters(model, joint)
+    optimizer = build_optimizer(groups, joint.optimizer)
+    control = {id(p) for p in model.nodes["q"].parameters()}
+    regular_group, control_group = optimizer.param_groups
+    assert regular_group["lr"] == pytest.approx(0.002) and control_group["lr"] == pytest.approx(0.02)
+    assert {id(p) for p in control_group["params"]} == control
+    assert len(regular_group["params"]) + len(control) == len(list(model.parameters()))
