@@ -110,6 +110,7 @@ def series_key(point: dict[str, Any]) -> tuple[str, str]:
 
 def reproduced_series(points: pd.DataFrame, x_column: str = "macs") -> list[Series]:
     series: dict[str, Series] = {}
+    bases: dict[str, str] = {}  # pruned series label -> its base model
     for point in points.to_dict("records"):
         x = point.get(x_column)
         if x is None or pd.isna(x) or pd.isna(point["accuracy"]):
@@ -117,6 +118,14 @@ def reproduced_series(points: pd.DataFrame, x_column: str = "macs") -> list[Seri
         label, kind = series_key(point)
         s = series.setdefault(label, Series(label, kind))
         s.add(x, point["accuracy"], point.get("accuracy_std", float("nan")), point["experiment"])
+        if kind == "pruned":
+            bases[label] = _base_of(str(point["model"]))
+    # a pruning curve starts at its trained base model (also drawn as its own square)
+    for label, base in bases.items():
+        static = series.get(base)
+        if static is not None and static.kind == "static":
+            for x, y, err, name in zip(static.x, static.y, static.y_err, static.point_labels, strict=True):
+                series[label].add(x, y, err, name)
     return [s.sorted() for s in series.values()]
 
 

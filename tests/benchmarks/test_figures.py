@@ -140,3 +140,12 @@ def test_wide_cost_spans_get_a_log_axis(tmp_path):
                           row("big", "fmnist_cnn", "static", "supervised", 95.0, 3e7)])  # fmt: skip
     (svg,) = [p for p in make_figures("wide", rows, tmp_path, latency_files=[]) if p.suffix == ".svg"]
     assert "MACs per image (mean executed, batch 1) (log scale)" in svg.read_text()
+
+
+def test_a_pruning_curve_starts_at_its_base_model():
+    rows = results_frame([row("r56", "cifar_resnet56", "static", "supervised", 93.0, 125e6, dataset="cifar10"),
+                          row("r56_a", "cifar_resnet56_l1_a", "pruned", "l1_filter", 93.1, 112e6, dataset="cifar10"),
+                          row("r56_b", "cifar_resnet56_l1_b", "pruned", "l1_filter", 92.9, 91e6, dataset="cifar10")])  # fmt: skip
+    series = {s.label: s for s in reproduced_series(operating_points(rows))}
+    assert series["l1_filter (cifar_resnet56)"].point_labels == ["r56_b", "r56_a", "r56"]
+    assert series["cifar_resnet56"].kind == "static"
