@@ -61,24 +61,44 @@ class Series:
 # Points from result rows and from published numbers
 
 
+def dataset_metric(dataset: str) -> str:
+    """The score a dataset is reported in: `accuracy`, or `f1` (LFW-B, as in D2NN)."""
+    try:
+        from benchmarks.data import dataset_info
+
+        return dataset_info(dataset).metric
+    except Exception:  # a dataset unknown to this install: plot accuracy
+        return "accuracy"
+
+
 def operating_points(rows: pd.DataFrame, split: str = "test") -> pd.DataFrame:
-    """One row per experiment on `split`: accuracy mean/std over seeds, mean executed MACs."""
-    columns = ["experiment", "model", "kind", "method", "dataset", "run_dirs", "seeds",
-               "accuracy", "accuracy_std", "macs"]  # fmt: skip
+    """One row per experiment on `split`: mean executed MACs and the dataset's score (`score`:
+    top-1 accuracy, or the F-score where the dataset reports one), mean and std over seeds."""
+    columns = ["experiment", "model", "kind", "method", "dataset", "metric", "run_dirs", "seeds",
+               "score", "score_std", "accuracy", "macs"]  # fmt: skip
     if rows is None or rows.empty:
         return pd.DataFrame(columns=columns)
-    sel = rows[(rows["split"] == split) & rows["accuracy"].notna()].copy()
+    sel = rows[rows["split"] == split].copy()
+    sel["metric"] = sel["dataset"].map(lambda d: dataset_metric(str(d)))
+    use_f1 = (sel["metric"] == "f1") & sel["f1"].notna()
+    sel["metric"] = sel["metric"].where(use_f1, "accuracy")
+    sel["score"] = sel["f1"].where(use_f1, sel["accuracy"]).astype(float)
+    sel = sel[sel["score"].notna()]
     if sel.empty:
         return pd.DataFrame(columns=columns)
-    keys = ["experiment", "model", "kind", "method", "dataset"]
+    keys = ["experiment", "model", "kind", "method", "dataset", "metric"]
     for k in keys:
         sel[k] = sel[k].astype("string").fillna("")
-    grouped = sel.groupby(keys, sort=False)
-    out = grouped.agg(
+
+    def std(values: pd.Series) -> float:
+        return float(values.astype(float).std(ddof=1)) if len(values) > 1 else float("nan")
+
+    out = sel.groupby(keys, sort=False).agg(
         run_dirs=("run_dir", lambda v: tuple(str(x) for x in v.dropna())),
         seeds=("seed", "nunique"),
+        score=("score", "mean"),
+        score_std=("score", std),
         accuracy=("accuracy", "mean"),
-        accuracy_std=("accuracy", lambda v: float(v.astype(float).std(ddof=1)) if len(v) > 1 else float("nan")),
         macs=("macs_mean", "mean"),
     ).reset_index()
     return out[columns]
@@ -113,11 +133,11 @@ def reproduced_series(points: pd.DataFrame, x_column: str = "macs") -> list[Seri
     bases: dict[str, str] = {}  # pruned series label -> its base model
     for point in points.to_dict("records"):
         x = point.get(x_column)
-        if x is None or pd.isna(x) or pd.isna(point["accuracy"]):
+        if x is None or pd.isna(x) or pd.isna(point["score"]):
             continue
         label, kind = series_key(point)
         s = series.setdefault(label, Series(label, kind))
-        s.add(x, point["accuracy"], point.get("accuracy_std", float("nan")), point["experiment"])
+        s.add(x, point["score"], point.get("score_std", float("nan")), point["experiment"])
         if kind == "pruned":
             bases[label] = _base_of(str(point["model"]))
     # a pruning curve starts at its trained base model (also drawn as its own square)
@@ -343,6 +363,13 @@ def draw(
     return paths
 
 
+def _score_names(points: pd.DataFrame) -> tuple[str, str]:
+    """(title word, y label) for the score plotted: F-score only if every point is one."""
+    if len(points) and (points["metric"] == "f1").all():
+        return "F-score", "F-score on test (%)"
+    return "top-1 accuracy", "top-1 accuracy on test (%)"
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
 
@@ -374,13 +401,14 @@ def make_figures(
         if not series:
             continue
         only_published = all(s.kind == "published" for s in series)
+        score, ylabel = _score_names(points[points["dataset"] == dataset])
         paths += draw(
             series,
             out / f"{_slug(suite)}_accuracy_vs_macs_{_slug(dataset)}",
-            title=f"{dataset}: top-1 accuracy vs MACs per image (suite '{suite}', test split)"
+            title=f"{dataset}: {score} vs MACs per image (suite '{suite}', test split)"
             + ("\npublished numbers only: no reproduced accuracy yet" if only_published else ""),
             xlabel="MACs per image (mean executed, batch 1)",
-            ylabel="top-1 accuracy on test (%)",
+            ylabel=ylabel,
             count_axis=True,
         )
     if latency_files is None:
@@ -403,10 +431,10 @@ def make_figures(
             paths += draw(
                 series,
                 out / f"{_slug(suite)}_accuracy_vs_latency_{_slug(dataset)}_{_slug(device)}_b{batch}",
-                title=f"{dataset}: top-1 accuracy vs measured latency ({device}, batch {batch}"
+                title=f"{dataset}: {_score_names(group)[0]} vs measured latency ({device}, batch {batch}"
                 + (f", {threads} thread{'s' if threads != 1 else ''})" if threads else ")"),
                 xlabel=f"median latency per batch of {batch} (ms)",
-                ylabel="top-1 accuracy on test (%)",
+                ylabel=_score_names(group)[1],
                 count_axis=False,
             )
     return paths

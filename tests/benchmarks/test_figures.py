@@ -35,8 +35,9 @@ def quick_rows() -> pd.DataFrame:
 
 def test_operating_points_fold_seeds_and_use_the_test_split():
     points = operating_points(quick_rows()).set_index("experiment")
-    assert points.loc["digits_cnn", "seeds"] == 2 and points.loc["digits_cnn", "accuracy"] == 97.5
-    assert math.isclose(points.loc["digits_cnn", "accuracy_std"], math.sqrt(0.5))
+    assert points.loc["digits_cnn", "seeds"] == 2 and points.loc["digits_cnn", "score"] == 97.5
+    assert math.isclose(points.loc["digits_cnn", "score_std"], math.sqrt(0.5))
+    assert points.loc["digits_cnn", "metric"] == "accuracy"
     assert len(points) == 6
 
 
@@ -149,3 +150,15 @@ def test_a_pruning_curve_starts_at_its_base_model():
     series = {s.label: s for s in reproduced_series(operating_points(rows))}
     assert series["l1_filter (cifar_resnet56)"].point_labels == ["r56_b", "r56_a", "r56"]
     assert series["cifar_resnet56"].kind == "static"
+
+
+def test_f_score_datasets_plot_the_f_score(tmp_path):
+    rows = results_frame([
+        make_row(experiment=f"lfwb_{i}", model="d2nn_cascade", kind="dynamic", method="d2nn", dataset="lfw-b",
+                 split="test", seed=0, accuracy=99.0, f1=f1, macs_mean=macs)
+        for i, (f1, macs) in enumerate([(80.0, 1e6), (85.0, 2e6)])
+    ])  # fmt: skip
+    points = operating_points(rows)
+    assert list(points["score"]) == [80.0, 85.0] and set(points["metric"]) == {"f1"}
+    (svg,) = [p for p in make_figures("d2nn", rows, tmp_path, latency_files=[]) if p.suffix == ".svg"]
+    assert "F-score on test (%)" in svg.read_text()

@@ -277,6 +277,16 @@ def test_summarize_runs_folds_seeds_into_mean_and_std():
     assert list(summary.index) == ["val", "test"]
 
 
+def test_summary_shows_the_f_score_where_a_dataset_reports_one():
+    from benchmarks.tables import summary_markdown
+
+    rows = results_frame(make_row(experiment="lfwb", model="m", kind="dynamic", method="d2nn", dataset="lfw-b",
+                                  split="test", seed=s, accuracy=99.0, f1=f1) for s, f1 in enumerate([80.0, 82.0]))  # fmt: skip
+    md = summary_markdown(summarize_runs(rows), "d2nn")
+    assert "| F-score (%) |" in md and "81.00 ± 1.41" in md
+    assert "F-score" not in summary_markdown(summarize_runs(result_rows("m", "digits", [90.0])), "quick")
+
+
 # --- files and the command line -------------------------------------------------------------
 
 
