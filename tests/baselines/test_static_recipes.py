@@ -29,7 +29,8 @@ def test_the_recipes_are_there():
 def test_recipe_loads_and_its_method_accepts_it(path: Path, quick: bool):
     cfg = load_config(path, quick=quick)
     assert cfg["name"] == path.stem and cfg["suite"] == "baselines"
-    assert cfg["dataset"]["name"] == ("digits" if quick else "cifar10")
+    paper_dataset = "cifar10" if path.stem.startswith("cifar10_") else "fashion-mnist"
+    assert cfg["dataset"]["name"] == ("digits" if quick else paper_dataset)
     method = get_method(cfg["method"])(single_seed_config(cfg, 0))
     assert method.stages()
     if quick:

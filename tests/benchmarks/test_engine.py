@@ -77,7 +77,8 @@ def test_resume_after_sigkill_gives_the_same_final_metrics(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline:
         states = list(killed_out.glob("runs/*/checkpoints/last_state.pt"))
-        if states and len(pd.read_csv(next(killed_out.glob("runs/*/metrics.csv")))) >= 1:
+        logs = list(killed_out.glob("runs/*/metrics.csv"))
+        if states and logs and len(pd.read_csv(logs[0])) >= 1:
             break
         time.sleep(0.05)
     else:
