@@ -23,8 +23,10 @@ What "honest" means here:
   preempted (its involuntary context switches rose) is re-issued with the same batch, a few
   times at most; every attempt stays in the raw timings, and each row reports the fraction of
   kept calls still preempted and the load average.
-* Raw per-call timings are kept; summaries are p50/p90/p99, mean and std of those timings.
-  The median is the headline: it is robust to occasional interference.
+* Raw per-call timings are kept; summaries are p10/p50/p90/p99, mean and std of those
+  timings. The median is the headline: it is robust to occasional interference. On a shared
+  machine p10 is steadier still (another process on a sibling core slows most calls, not
+  just a few), so it is reported too.
 * Every row carries the environment record (`benchmarks.environment`) and its hash.
 
 The realization ratio (`realization_ratio`) compares a dynamic model with its static backbone:
@@ -75,7 +77,7 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
 }
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-PERCENTILES = (50, 90, 99)
+PERCENTILES = (10, 50, 90, 99)
 
 Clock = Callable[[], int]
 """A monotonic clock returning nanoseconds (`time.perf_counter_ns`, or a fake one in tests)."""
@@ -478,7 +480,7 @@ def _progress_bar(total: int, progress: bool | None, desc: str):
 
 
 def summarize_times(times_ns: Sequence[int]) -> dict[str, float]:
-    """count, mean, std (sample, ddof=1; 0 for one call), min, max, p50/p90/p99, in ms.
+    """count, mean, std (sample, ddof=1; 0 for one call), min, max, p10/p50/p90/p99, in ms.
 
     Percentiles interpolate linearly between order statistics (numpy's default, Hyndman &
     Fan type 7), so p50 of an even count is the mean of the two middle values.

@@ -65,6 +65,7 @@ def test_summary_statistics_match_hand_computed_values():
     assert s["count"] == 100
     assert s["mean_ms"] == pytest.approx(50.5)
     assert s["p50_ms"] == pytest.approx(50.5)  # mean of the two middle values
+    assert s["p10_ms"] == pytest.approx(10.9)  # rank 0.1 * 99 = 9.9 -> 10 + 0.9
     assert s["p90_ms"] == pytest.approx(90.1)  # rank 0.9 * 99 = 89.1 -> 90 + 0.1
     assert s["p99_ms"] == pytest.approx(99.01)
     assert s["std_ms"] == pytest.approx(math.sqrt(100 * 101 / 12))  # sample std of 1..n
