@@ -19,10 +19,13 @@ from benchmarks.io import canonical_json, sha256_bytes
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _version(module: str) -> str | None:
+def _version(distribution: str) -> str | None:
+    """The installed version, read from package metadata (importing timm/torchvision is slow)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        return __import__(module).__version__
-    except Exception:  # not installed, or broken: record its absence
+        return version(distribution)
+    except PackageNotFoundError:
         return None
 
 
@@ -59,7 +62,7 @@ def environment_record(device: str | torch.device = "cpu", **extra: Any) -> dict
     record: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "torch": torch.__version__,
+        "torch": torch.__version__,  # the running build, local tag (+cu130) included
         "torchvision": _version("torchvision"),
         "timm": _version("timm"),
         "numpy": _version("numpy"),
