@@ -70,7 +70,7 @@ def test_engine_training_throughput_vs_plain_loop(benchmark, tmp_path):
         engine_epoch()
         plain()
     ratios, engine_times, plain_times = [], [], []
-    for _ in range(7):
+    for _ in range(15):
         t0 = time.perf_counter()
         plain()
         t1 = time.perf_counter()
