@@ -274,7 +274,7 @@ def plot(frame, out_dir: str | Path, stem: str = "fmnist_resnet20", title: str =
 
 
 def measure_latency(
-    point: dict[str, Any],
+    rhos: Sequence[float],
     frame,
     out_dir: str | Path,
     *,
@@ -282,9 +282,9 @@ def measure_latency(
     data_root: str | Path | None = None,
     count: int = 128,
 ) -> Any:
-    """Batch-1 CPU latency (sparse engine) of the chosen LC-Net point, and of the L-only and
-    C-only points at the same ρ, each against the static backbone (interleaved rounds, the
-    latency harness's realization ratio)."""
+    """Batch-1 CPU latency (sparse engine) of the LC-, L- and C-Net points at each target in
+    `rhos`, each against the static backbone (interleaved rounds; the latency harness's
+    realization ratio = speed-up / MACs reduction, on the very images timed)."""
     import pandas as pd
 
     from benchmarks.latency import LatencyConfig, measure_realization, sample_set_from_images
@@ -296,20 +296,34 @@ def measure_latency(
     static_model, _ = build_from_checkpoint(Path(runs_root or "results/runs") / static_row["run"] / "checkpoints" / "best")
     config = LatencyConfig(batch_sizes=(1,), threads=1, repeats=count, min_time_s=2.0)
     rows = []
-    for variant in ("lc", "l", "c"):
-        match = frame[(frame["variant"] == variant) & (frame["rho"] == point["rho"])]
-        if match.empty:
-            continue
-        row = match.iloc[0]
-        model, _ = build_from_checkpoint(Path(runs_root or "results/runs") / row["run"] / "checkpoints" / "best")
-        result = measure_realization(model, static_model, samples, row["model"], static_row["model"], config, engines=("sparse",))
-        for r in result.rows:
-            rows.append({"variant": variant, "rho": point["rho"], "inputs": f"test split, dataset.options {options}", **r})
-        _log(f"latency {variant} rho={point['rho']}: {result.rows}")
+    for rho in rhos:
+        for variant in ("lc", "l", "c"):
+            match = frame[(frame["variant"] == variant) & (frame["rho"] == rho)]
+            if match.empty:
+                continue
+            row = match.iloc[0]
+            model, _ = build_from_checkpoint(Path(runs_root or "results/runs") / row["run"] / "checkpoints" / "best")
+            result = measure_realization(model, static_model, samples, row["model"], static_row["model"], config, engines=("sparse",))
+            for r in result.rows:
+                rows.append({"variant": variant, "rho": rho, "inputs": f"test split, dataset.options {options}", **r})
+            _log(f"latency {variant} rho={rho}: " + ", ".join(f"{k} {r[k]:.3g}" for r in result.rows for k in ("latency_ms", "baseline_latency_ms", "speedup", "macs_reduction", "realization_ratio")))
     frame_out = pd.DataFrame(rows)
     out_dir = ensure_dir(out_dir)
     atomic_write_text(out_dir / "fmnist_resnet20_latency_b1.csv", frame_out.to_csv(index=False))
     return frame_out
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (pandas' missing value) becomes null; numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -325,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only (CPU budget)")
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--latency-rho", type=float, nargs="*", default=None,
+                        help="targets whose L/C/LC points are timed (default: the chosen LC-Net point's)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     records = run_sweep(args.rhos, args.variants, seed=args.seed, runs_root=args.runs_root, data_root=args.data_root, workers=args.workers, l1_ratios=args.l1_ratios, test_limit=args.test_limit)
@@ -339,12 +355,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if point is None:  # no LC point is within 0.5 points: time the most accurate one instead
         lc = frame[frame["variant"] == "lc"]
         point = lc.sort_values("accuracy", ascending=False).iloc[0].to_dict() if not lc.empty else None
-        summary["latency_point"] = "most accurate LC-Net point (none within 0.5 points)"
-    if point is not None and not args.no_latency:
-        latency = measure_latency(point, frame, args.out, runs_root=args.runs_root, data_root=args.data_root)
+    rhos = args.latency_rho or ([point["rho"]] if point is not None else [])
+    if rhos and not args.no_latency:
+        summary["latency_rhos"] = list(rhos)
+        latency = measure_latency(rhos, frame, args.out, runs_root=args.runs_root, data_root=args.data_root)
         summary["latency_b1"] = latency.to_dict(orient="records")
         paths.append(Path(args.out) / "fmnist_resnet20_latency_b1.csv")
-    atomic_write_json(Path(args.out) / "fmnist_resnet20_summary.json", summary)
+    latency_csv = Path(args.out) / "fmnist_resnet20_latency_b1.csv"
+    if "latency_b1" not in summary and latency_csv.is_file():
+        summary["latency_b1_csv"] = str(latency_csv)
+    atomic_write_json(Path(args.out) / "fmnist_resnet20_summary.json", _json_safe(summary))
     _log(f"done in {time.perf_counter() - started:.0f}s; tables and figures: " + ", ".join(str(p) for p in paths))
     return 0
 
