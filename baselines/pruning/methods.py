@@ -32,14 +32,11 @@ from baselines.pruning.l1_filter import L1PruneSpec, l1_prune
 from baselines.pruning.magnitude import magnitude_prune
 from baselines.pruning.slimming import bn_l1_penalty, slim_prune
 from benchmarks.data import DatasetInfo
+from benchmarks.engine.checkpoint import resolve_checkpoint
 from benchmarks.engine.method import Method, Stage, StepContext, register_method
-from benchmarks.errors import CheckpointError, ConfigError
+from benchmarks.errors import ConfigError
 
 __all__ = ["L1FilterMethod", "MagnitudeMethod", "NetworkSlimmingMethod", "resolve_init"]
-
-EXPERIMENT_PREFIX = "experiment:"
-DEFAULT_RUNS_ROOT = Path("results/runs")
-
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DistributedDataParallel
@@ -58,29 +55,13 @@ def _known_args(method: Method, stage: Stage, allowed: set[str]) -> dict[str, An
 
 def resolve_init(value: str, cfg: dict[str, Any]) -> Path:
     """The checkpoint stem `method_args.init` names (see the module docstring)."""
-    from benchmarks.config import find_config, load_config
-    from benchmarks.runs import RunFolder, single_seed_config
-
-    if value.startswith(EXPERIMENT_PREFIX):
-        name = value[len(EXPERIMENT_PREFIX):]
-        base_cfg = load_config(find_config(name), quick=bool(cfg.get("quick", False)))
-        root = Path(cfg.get("method_args", {}).get("runs_root", DEFAULT_RUNS_ROOT))
-        run = RunFolder.for_config(single_seed_config(base_cfg, int(cfg.get("seed", 0))), root)
-        if not run.is_complete():
-            raise CheckpointError(
-                f"method_args.init: experiment '{name}' has no finished run at {run.path}; "
-                f"run `dynbench train {name}` first (or list it before this one in the suite)"
-            )
-        return run.checkpoint_dir / "best"
-    path = Path(value).expanduser()
-    if path.suffix in (".safetensors", ".json"):
-        path = path.with_suffix("")
-    if not path.with_suffix(".safetensors").is_file():
-        raise CheckpointError(
-            f"method_args.init: no checkpoint at '{value}' (expected experiment:<suite>/<name>, "
-            "or a checkpoint's .safetensors/.json file or its path without suffix)"
-        )
-    return path
+    return resolve_checkpoint(
+        value,
+        key="method_args.init",
+        seed=int(cfg.get("seed", 0)),
+        quick=bool(cfg.get("quick", False)),
+        runs_root=cfg.get("method_args", {}).get("runs_root"),
+    )
 
 
 class _PruningMethod(Method):

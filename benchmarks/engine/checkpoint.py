@@ -89,3 +89,60 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+EXPERIMENT_PREFIX = "experiment:"
+
+
+def experiment_run_folder(
+    name: str, seed: int, *, quick: bool = False, runs_root: str | os.PathLike | None = None
+) -> Path:
+    """The run folder of bundled experiment `name` (e.g. `baselines/cifar10_resnet56`) for
+    `seed`, as `dynbench train` / `reproduce` name it under `runs_root` (default results/runs)."""
+    from benchmarks.config import find_config, load_config
+    from benchmarks.runs import DEFAULT_RUNS_ROOT, RunFolder, single_seed_config
+
+    cfg = load_config(find_config(name), quick=quick)
+    root = Path(runs_root) if runs_root is not None else DEFAULT_RUNS_ROOT
+    return RunFolder.for_config(single_seed_config(cfg, seed), root).path
+
+
+def resolve_checkpoint(
+    value: str | os.PathLike,
+    *,
+    key: str,
+    seed: int = 0,
+    quick: bool = False,
+    runs_root: str | os.PathLike | None = None,
+) -> Path:
+    """The checkpoint stem a config names under `key` (e.g. `method_args.init`):
+    `experiment:<suite>/<name>` (that experiment's finished run for the same seed and quick
+    setting), a run folder (its checkpoint selected on val), a checkpoint's `.safetensors` /
+    `.json` file, or its path without suffix."""
+    from benchmarks.runs import RunFolder
+
+    if isinstance(value, str) and value.startswith(EXPERIMENT_PREFIX):
+        name = value[len(EXPERIMENT_PREFIX):]
+        run = RunFolder(experiment_run_folder(name, seed, quick=quick, runs_root=runs_root))
+        if not run.is_complete():
+            raise CheckpointError(
+                f"{key}: experiment '{name}' has no finished run at {run.path}; run "
+                f"`dynbench train {name}` first (or list it before this one in the suite)"
+            )
+        return run.checkpoint_dir / "best"
+    path = Path(value).expanduser()
+    if path.is_dir():
+        stem = path / "checkpoints" / "best"
+        if not stem.with_suffix(".safetensors").is_file():
+            raise CheckpointError(
+                f"{key}: '{path}' is not a finished run folder (no {stem.with_suffix('.safetensors')})"
+            )
+        return stem
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    if not path.with_suffix(".safetensors").is_file():
+        raise CheckpointError(
+            f"{key}: no checkpoint at '{value}' (expected experiment:<suite>/<name>, a run "
+            "folder, a checkpoint's .safetensors/.json file, or its path without suffix)"
+        )
+    return path

@@ -37,12 +37,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmarks.data import DatasetInfo
-from benchmarks.engine.checkpoint import build_from_checkpoint
+from benchmarks.engine.checkpoint import (
+    build_from_checkpoint,
+    resolve_checkpoint,
+)
 from benchmarks.engine.method import Method, Stage, StepContext, register_method
 from benchmarks.errors import CheckpointError, ConfigError
 from reference_impls.lcnet.model import COST_ESTIMATES, LCNet
 
-__all__ = ["LCNetMethod", "experiment_run_folder", "load_backbone", "resolve_backbone_checkpoint"]
+__all__ = ["LCNetMethod", "load_backbone", "resolve_backbone_checkpoint"]
 
 _METHOD_ARGS = {"backbone", "runs_root", "rho", "beta", "cost_estimate", "head_lr_mult"}
 _STAGE_ARGS = {"gating", "rho", "beta"}
@@ -50,48 +53,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DistributedDataParallel
 
 
-EXPERIMENT_PREFIX = "experiment:"
-DEFAULT_RUNS_ROOT = Path("results/runs")
-
-
-def experiment_run_folder(
-    name: str, seed: int, *, quick: bool = False, runs_root: str | Path | None = None
-) -> Path:
-    """The run folder of bundled experiment `name` (e.g. `lcnet/cifar10_resnet56_static`) for
-    `seed`, as `dynbench train` / `reproduce` name it under `runs_root` (default results/runs)."""
-    from benchmarks.config import find_config, load_config
-    from benchmarks.runs import RunFolder, single_seed_config
-
-    cfg = load_config(find_config(name), quick=quick)
-    root = Path(runs_root) if runs_root is not None else DEFAULT_RUNS_ROOT
-    return RunFolder.for_config(single_seed_config(cfg, seed), root).path
-
 
 def resolve_backbone_checkpoint(
     value: str | Path, *, seed: int = 0, quick: bool = False, runs_root: str | Path | None = None
 ) -> Path:
-    """The checkpoint stem (`…/best`) of `method_args.backbone`: `experiment:<suite>/<name>`
-    (that experiment's run folder for the same seed), a run folder (its selected checkpoint), a
-    checkpoint's `.safetensors` / `.json` file, or its stem."""
-    if isinstance(value, str) and value.startswith(EXPERIMENT_PREFIX):
-        value = experiment_run_folder(value[len(EXPERIMENT_PREFIX):], seed, quick=quick, runs_root=runs_root)
-    path = Path(value).expanduser()
-    if path.is_dir():
-        stem = path / "checkpoints" / "best"
-        if not stem.with_suffix(".safetensors").is_file():
-            raise CheckpointError(
-                f"method_args.backbone: '{path}' is not a finished run folder "
-                f"(no {stem.with_suffix('.safetensors')}); train the static backbone first"
-            )
-        return stem
-    if path.suffix in (".safetensors", ".json"):
-        path = path.with_suffix("")
-    if not path.with_suffix(".safetensors").is_file():
-        raise CheckpointError(
-            f"method_args.backbone: no checkpoint at '{value}' (expected a run folder, a "
-            "checkpoint's .safetensors/.json file, or its path without suffix)"
-        )
-    return path
+    """The checkpoint stem of `method_args.backbone` (see `resolve_checkpoint`)."""
+    return resolve_checkpoint(value, key="method_args.backbone", seed=seed, quick=quick, runs_root=runs_root)
 
 
 def load_backbone(model: LCNet, value: str | Path, **resolve: Any) -> LCNet:
