@@ -119,14 +119,7 @@ class D2NNStaticMethod(Method):
         except TypeError as exc:
             raise ConfigError(f"{self.where}: key 'model.kwargs' does not fit model '{name}': {exc}") from exc
 
-    # --- training ----------------------------------------------------------------------------
-    def loss(
-        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = model(images)
-        loss = F.cross_entropy(logits, targets, label_smoothing=ctx.stage.label_smoothing)
-        accuracy = (logits.argmax(1) == targets).float().mean()
-        return loss, {"loss": loss.detach(), "accuracy": 100.0 * accuracy}
+    # Training: the engine's supervised cross-entropy (Method.loss).
 
     # --- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
