@@ -16,7 +16,12 @@ import yaml
 
 from benchmarks.config import resolve_config
 from benchmarks.engine import Method, Trainer, register_method
-from benchmarks.engine.batches import augment_batch, epoch_generator, num_train_batches, train_batches
+from benchmarks.engine.batches import (
+    augment_batch,
+    epoch_generator,
+    num_train_batches,
+    train_batches,
+)
 from benchmarks.errors import TrainingDiverged
 from benchmarks.io import sha256_file
 

@@ -10,7 +10,15 @@ import pytest
 from benchmarks.config import resolve_config
 from benchmarks.errors import OutputError
 from benchmarks.io import atomic_write_text, confined_path
-from benchmarks.results import RESULT_COLUMNS, make_row, read_results, results_frame, to_latex, to_markdown, write_results
+from benchmarks.results import (
+    RESULT_COLUMNS,
+    make_row,
+    read_results,
+    results_frame,
+    to_latex,
+    to_markdown,
+    write_results,
+)
 from benchmarks.runs import RunFolder, single_seed_config
 
 
