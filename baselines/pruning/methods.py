@@ -15,7 +15,7 @@ checkpoints rebuild and resume it like any other model.
 
 `method_args.init` starts from trained weights instead of training the base network again:
 `experiment:<suite>/<name>` (the finished run of that experiment for the same seed and quick
-setting, under `method_args.runs_root`, default results/runs) or a checkpoint path (its stem,
+setting, under `method_args.runs_root`, default the training run's own runs folder) or a checkpoint path (its stem,
 `.safetensors` or `.json`). The checkpoint's architecture must be the config's `model.name`.
 """
 
@@ -53,14 +53,15 @@ def _known_args(method: Method, stage: Stage, allowed: set[str]) -> dict[str, An
     return stage.args
 
 
-def resolve_init(value: str, cfg: dict[str, Any]) -> Path:
-    """The checkpoint stem `method_args.init` names (see the module docstring)."""
+def resolve_init(value: str, cfg: dict[str, Any], runs_root: Path | None = None) -> Path:
+    """The checkpoint stem `method_args.init` names (see the module docstring); experiments
+    resolve under `method_args.runs_root`, else `runs_root` (the training run's own root)."""
     return resolve_checkpoint(
         value,
         key="method_args.init",
         seed=int(cfg.get("seed", 0)),
         quick=bool(cfg.get("quick", False)),
-        runs_root=cfg.get("method_args", {}).get("runs_root"),
+        runs_root=cfg.get("method_args", {}).get("runs_root") or runs_root,
     )
 
 
@@ -84,7 +85,7 @@ class _PruningMethod(Method):
             return super().build_model(info)
         from benchmarks.engine.checkpoint import build_from_checkpoint
 
-        stem = resolve_init(str(init), self.cfg)
+        stem = resolve_init(str(init), self.cfg, self.runs_root)
         model, _ = build_from_checkpoint(stem)
         expected = self.cfg["model"]["name"]
         if model.arch_config["name"] != expected:

@@ -87,6 +87,7 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.method: Method = get_method(self.cfg["method"])(self.cfg)
+        self.method.runs_root = self.run.path.parent
         self.options = self.cfg["dataset"].get("options") or None
         self.info = dataset_info(self.cfg["dataset"]["name"], self.options)
         train = self.cfg["train"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -62,6 +63,9 @@ class Method:
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
         self.args = dict(cfg.get("method_args", {}))
+        #: where runs of this suite live (set by the Trainer); `experiment:<name>` references
+        #: in method_args resolve there unless method_args.runs_root says otherwise
+        self.runs_root: Path | None = None
         #: the dataset as the models see it (after `dataset.options`: padding, binary task)
         self.info = dataset_info(cfg["dataset"]["name"], cfg["dataset"].get("options") or None)
 

@@ -128,7 +128,7 @@ class LCNetMethod(Method):
             if stage.index == 0 and self.args.get("backbone"):
                 load_backbone(
                     net, self.args["backbone"], seed=int(self.cfg.get("seed", 0)),
-                    quick=bool(self.cfg.get("quick", False)), runs_root=self.args.get("runs_root"),
+                    quick=bool(self.cfg.get("quick", False)), runs_root=self.args.get("runs_root") or self.runs_root,
                 )
         return model
 
