@@ -56,7 +56,7 @@ def finalize_run(
                 suite=cfg.get("suite"),
                 experiment=cfg["name"],
                 model=spec.name,
-                kind=spec.kind,
+                kind=method.result_kind or spec.kind,
                 method=cfg["method"],
                 variant=spec.variant,
                 dataset=dataset,

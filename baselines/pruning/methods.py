@@ -69,6 +69,7 @@ class _PruningMethod(Method):
     """Supervised training that may start from a trained checkpoint (`method_args.init`)."""
 
     method_args: ClassVar[frozenset[str]] = frozenset({"init", "runs_root"})
+    result_kind: ClassVar[str | None] = "pruned"
 
     def __init__(self, cfg: dict[str, Any]):
         super().__init__(cfg)

@@ -59,6 +59,9 @@ class Method:
     """Supervised training with cross-entropy. Subclass and override to add behaviour."""
 
     name: ClassVar[str] = "supervised"
+    #: the `kind` of the models this method produces, when it differs from the registry's
+    #: kind of the architecture (a pruning method turns a static network into a pruned one)
+    result_kind: ClassVar[str | None] = None
 
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
