@@ -74,7 +74,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def read_cifar_pickle(path: str | Path) -> dict[bytes, Any]:
-    """Read one CIFAR python batch (keys stay bytes, as `pickle.load(fh, encoding="bytes")`)."""
+    """Read one CIFAR python batch (keys stay bytes, as the standard unpickler with encoding="bytes" gives them)."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
