@@ -30,15 +30,6 @@ BASE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These nets are tiny: a second intra-op thread only adds synchronisation, which costs
-    seconds per step on a loaded shared CI machine (measured: 0.02 s vs 0.8 s per step)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _fit(tmp_path, method: str, stages: list[dict], method_args: dict | None = None) -> Trainer:
     data = copy.deepcopy(BASE)

@@ -33,14 +33,6 @@ from benchmarks.routing import GatedConv2d, set_engine, trace
 from tests.benchmarks.toy_models import build_toy
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits_test():
     return load_split("digits", "test")

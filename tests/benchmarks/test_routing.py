@@ -27,15 +27,6 @@ from benchmarks.routing import (
 from tests.benchmarks.toy_models import TOY_MODELS, IfGatedNet, build_toy
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and steady on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits() -> torch.Tensor:
     return load_split("digits", "test").images[:32]
