@@ -115,13 +115,7 @@ class DatasetSource(ABC):
 
     def file_checks(self, folder: Path, manifest: Manifest) -> list[FileCheck]:
         """Checksum every source file the manifest records (missing files have actual=None)."""
-        files = self.source_files(folder)
-        checks = []
-        for rel, record in manifest.source_files.items():
-            path = files.get(rel, folder / rel)
-            actual = file_digest(path, record["algorithm"]) if path.is_file() else None
-            checks.append(FileCheck(rel, path, record["algorithm"], record["digest"], actual))
-        return checks
+        return checksum_files(self.source_files(folder), folder, manifest.source_files)
 
     def verify(
         self,
@@ -198,6 +192,19 @@ def check_rebuilt(manifest: Manifest, rebuilt: Manifest) -> None:
                 f"from the source files with the manifest's procedure gives {again_hash}. "
                 "The source files or the procedure differ from the ones the manifest was made from."
             )
+
+
+def checksum_files(
+    files: dict[str, Path], folder: Path, records: dict[str, dict[str, str]]
+) -> list[FileCheck]:
+    """One `FileCheck` per recorded file: its path (from `files`, else `folder / name`), the
+    recorded digest and the actual one (None where the file is missing)."""
+    checks = []
+    for rel, record in records.items():
+        path = files.get(rel, folder / rel)
+        actual = file_digest(path, record["algorithm"]) if path.is_file() else None
+        checks.append(FileCheck(rel, path, record["algorithm"], record["digest"], actual))
+    return checks
 
 
 def file_digest(path: Path, algorithm: str) -> str:

@@ -33,8 +33,8 @@ from benchmarks.data.base import (
     DatasetSource,
     FileCheck,
     check_rebuilt,
+    checksum_files,
     data_roots,
-    file_digest,
 )
 from benchmarks.data.manifest import Manifest, SplitEntry, load_manifest, manifest_path
 from benchmarks.errors import (
@@ -218,13 +218,7 @@ class PreparedSource(DatasetSource):
         return self.raw_file_checks(raw, manifest.source_files)
 
     def raw_file_checks(self, raw: Path, records: dict[str, dict[str, str]]) -> list[FileCheck]:
-        files = self.raw_files(raw)
-        checks = []
-        for rel, record in records.items():
-            path = files.get(rel, raw / rel)
-            actual = file_digest(path, record["algorithm"]) if path.is_file() else None
-            checks.append(FileCheck(rel, path, record["algorithm"], record["digest"], actual))
-        return checks
+        return checksum_files(self.raw_files(raw), raw, records)
 
     # --- verification ----------------------------------------------------------------------
     def verify(
