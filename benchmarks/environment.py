@@ -1,13 +1,16 @@
 """The environment record attached to every run, result row and latency row.
 
-It says what produced a number: library versions, device, threads, numeric flags and the git
+It says what produced a number: library versions, device, threads, the CPU kernels dispatched
+to (ATen capability, oneDNN, BLAS), numeric flags and the git
 commit. `environment_hash` is a short stable digest of the fields that can change a result.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,30 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+#: environment variables that change which CPU kernels PyTorch, oneDNN and MKL run
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_kernels() -> dict[str, Any]:
+    """Which CPU kernels this process dispatches to: ATen's CPU capability, the oneDNN and BLAS
+    builds, and the environment variables that force them (last-bit differences between
+    these are why training outcomes differ across machines)."""
+    config = torch.__config__.show()
+    onednn = re.search(r"(?:MKL-DNN|oneDNN)\s+v?([\w.]+)", config)
+    blas = re.search(r"BLAS_INFO=(\w+)", config)
+    mkl = re.search(r"Math Kernel Library Version ([\w.]+)", config)
+    blas_name = blas.group(1) if blas else None
+    if blas_name == "mkl" and mkl:
+        blas_name = f"mkl {mkl.group(1)}"
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn": onednn.group(1) if onednn else None,
+        "blas": blas_name,
+        "kernel_env": {name: os.environ[name] for name in KERNEL_ENV if name in os.environ},
+    }
+
+
 def environment_record(device: str | torch.device = "cpu", **extra: Any) -> dict[str, Any]:
     """Everything that can change a measured number, as plain JSON-able values."""
     device = torch.device(device)
@@ -77,6 +104,7 @@ def environment_record(device: str | torch.device = "cpu", **extra: Any) -> dict
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "deterministic": torch.are_deterministic_algorithms_enabled(),
+        **cpu_kernels(),
         "git_commit": git_commit(),
     }
     if device.type == "cuda" and torch.cuda.is_available():

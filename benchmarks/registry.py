@@ -7,19 +7,30 @@ a checkpoint's architecture config and a leaderboard record all name a model by 
 
 The model packages are imported lazily, on the first registry lookup, so that importing
 `benchmarks` stays cheap and never imports a specific model module.
+
+Models from outside the repository arrive as plugins: an installed distribution that declares
+an entry point in the group `dynbench.models` (pointing at a module whose import registers its
+models with `@register_model`) is imported at that same first lookup, never before:
+
+    [project.entry-points."dynbench.models"]
+    my_models = "my_package.models"
+
+A plugin that fails to import is named with its error (`plugin_errors()`), and the other
+models stay available; two sources registering one id are refused, naming both.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import importlib
+import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch.nn as nn
 
-from benchmarks.errors import UnknownNameError
+from benchmarks.errors import DynbenchError, UnknownNameError
 
 # Packages whose import registers models. Each package's __init__ imports its model files.
 MODEL_PACKAGES: tuple[str, ...] = (
@@ -31,6 +42,11 @@ MODEL_PACKAGES: tuple[str, ...] = (
 )
 
 KINDS = ("static", "pruned", "dynamic")
+PLUGIN_GROUP = "dynbench.models"
+
+
+class PluginError(DynbenchError):
+    """A model plugin that cannot be used: its import failed, or it clashes with another."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,9 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+_OWNERS: dict[str, str] = {}  # model id -> "dynbench" or the plugin that registered it
+_PLUGIN_ERRORS: dict[str, str] = {}  # plugin -> why its import failed
+_source = "dynbench"  # who is registering right now
 _loaded = False
 
 
@@ -90,10 +109,17 @@ def register_model(
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY and _REGISTRY[name].builder is not fn:
+            first, second = _OWNERS.get(name, "dynbench"), _source
+            if first != "dynbench" or second != "dynbench":
+                raise PluginError(
+                    f"model id '{name}' is registered by both {first} ({_REGISTRY[name].module}) "
+                    f"and {second} ({fn.__module__}); refusing both plugins' claim. Rename one of them."
+                )
             raise ValueError(
                 f"model id '{name}' is registered twice "
                 f"({_REGISTRY[name].module} and {fn.__module__})"
             )
+        _OWNERS[name] = _source
         _REGISTRY[name] = ModelSpec(
             name=name,
             builder=fn,
@@ -117,6 +143,46 @@ def _ensure_loaded() -> None:
     for package in MODEL_PACKAGES:
         importlib.import_module(package)
     _loaded = True
+    _load_plugins()
+
+
+def _plugin_label(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    where = f" from {dist.name} {dist.version}" if dist is not None else ""
+    return f"plugin '{ep.name}' ({ep.value}{where})"
+
+
+def _load_plugins() -> None:
+    """Import every `dynbench.models` entry point; a failed import is remembered and its
+    partial registrations removed, a clash between two sources is refused."""
+    global _source
+    for ep in sorted(importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        label = _plugin_label(ep)
+        before = set(_REGISTRY)
+        _source = label
+        try:
+            ep.load()
+        except PluginError:
+            raise
+        except Exception as exc:  # any error in a user's module: name it, keep the rest
+            for name in set(_REGISTRY) - before:
+                del _REGISTRY[name]
+                _OWNERS.pop(name, None)
+            _PLUGIN_ERRORS[label] = f"{type(exc).__name__}: {exc}"
+        finally:
+            _source = "dynbench"
+
+
+def plugin_errors() -> dict[str, str]:
+    """Plugins whose import failed, with the error (their models are not registered)."""
+    _ensure_loaded()
+    return dict(_PLUGIN_ERRORS)
+
+
+def model_source(name: str) -> str:
+    """'dynbench' or the plugin that registered model `name`."""
+    _ensure_loaded()
+    return _OWNERS.get(name, "dynbench")
 
 
 def list_models(pattern: str = "*", kind: str | None = None) -> list[str]:
@@ -134,6 +200,9 @@ def get_model_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
+        if _PLUGIN_ERRORS:
+            failed = "; ".join(f"{p}: {e}" for p, e in _PLUGIN_ERRORS.items())
+            raise PluginError(f"{UnknownNameError('model', name, _REGISTRY)} (plugins that failed to import: {failed})") from None
         raise UnknownNameError("model", name, _REGISTRY) from None
 
 

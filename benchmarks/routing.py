@@ -47,6 +47,8 @@ __all__ = [
     "SampleRouter",
     "Trace",
     "active_trace",
+    "decide_argmax",
+    "decide_threshold",
     "is_dynamic",
     "mark_controller",
     "name_units",
@@ -153,6 +155,7 @@ class Trace:
         self._records: list[tuple[Any, Any, Any, Any]] = []  # (key, rows, theo, values)
         self._units: dict[str, None] = {}  # routing units, in order of first appearance
         self._gated: dict[str, None] = {}  # channel-gated units
+        self._margins: list[tuple[str, Any, Any, torch.Tensor]] = []  # (unit, rows, theo, margin)
         self._by_kind: dict[str, int] = {}
         self._by_kind_rows: list[tuple[str, torch.Tensor]] = []
         self._handle: Any = None
@@ -259,6 +262,11 @@ class Trace:
             frame.channels[name] = frame.channels.get(name, 0) + kept
         else:
             self._records.append((("channels", name), frame.rows, frame.theo, kept))
+
+    def _margin(self, name: str, margin: torch.Tensor) -> None:
+        """How far each row of the current frame was from flipping `name`'s decision."""
+        frame = self._frame
+        self._margins.append((name, frame.rows, frame.theo, margin.detach().float()))
 
     def _push(self, idx: torch.Tensor | None, theo: torch.Tensor | None) -> None:
         """Enter a sub-computation on rows `idx` of the current frame (None: the same rows),
@@ -380,6 +388,32 @@ class Trace:
     def channels_kept(self) -> dict[str, torch.Tensor]:
         """Channel-gated unit -> kept output channels, per sample (0 where it did not run)."""
         return self._table("channels")
+
+    @property
+    def decision_margins(self) -> dict[str, torch.Tensor]:
+        """Decision unit -> per-sample margin of its decision (`decide_threshold`: the distance
+        of the score from the threshold, smallest over channels; `decide_argmax`: the gap
+        between the two best values); `inf` where the unit decided nothing for the sample, or
+        only ran because the masked engine computes every row."""
+        n = self.batch_size
+        out: dict[str, torch.Tensor] = {}
+        for name, rows, theo, margin in self._margins:
+            values = margin.cpu()
+            if theo is not None:
+                values = torch.where(theo.cpu(), values, torch.full_like(values, math.inf))
+            table = out.setdefault(name, torch.full((n,), math.inf))
+            if rows is None:
+                torch.minimum(table, values, out=table)
+            else:
+                table.scatter_reduce_(0, rows.cpu(), values, reduce="amin")
+        return out
+
+    def min_margin(self) -> torch.Tensor:
+        """Per sample, the smallest margin of any decision it went through (`inf`: none)."""
+        margin = torch.full((self.batch_size,), math.inf)
+        for values in self.decision_margins.values():
+            margin = torch.minimum(margin, values)
+        return margin
 
     @property
     def other_ops(self) -> dict[str, torch.Tensor]:
@@ -685,6 +719,37 @@ def _decision(keep: torch.Tensor, n: int, unit: str) -> tuple[torch.Tensor, torc
     if keep.dtype == torch.bool:
         return keep, None
     return keep != 0, keep
+
+
+def decide_threshold(score: torch.Tensor, tau: float, *, unit: str) -> torch.Tensor:
+    """The hard decision `score >= tau` (boolean, same shape as `score`). Inside a trace its
+    margin `|score - tau|` (smallest over a row's entries, e.g. over channels) is recorded,
+    so that a regression check can tell a decision that flipped because the code changed from
+    one that sat on the threshold and flipped with the last bit of a CPU kernel."""
+    keep = score >= tau
+    tr = _ACTIVE
+    if tr is not None:
+        margin = (score.detach() - tau).abs()
+        tr._margin(unit, margin.reshape(margin.shape[0], -1).amin(1) if margin.dim() > 1 else margin)
+    return keep
+
+
+def decide_argmax(values: torch.Tensor, *, unit: str, where: torch.Tensor | None = None) -> torch.Tensor:
+    """The action `values.argmax(1)` per row (e.g. over Q-values). Inside a trace the gap
+    between the two best values is recorded as the decision's margin (see `decide_threshold`);
+    `where` (boolean per row) limits the record to the rows whose decision is used."""
+    action = values.argmax(1)
+    tr = _ACTIVE
+    if tr is not None and values.shape[0]:
+        if values.shape[1] > 1:
+            top = values.detach().topk(2, dim=1).values
+            margin = top[:, 0] - top[:, 1]
+        else:
+            margin = torch.full((values.shape[0],), math.inf, device=values.device)
+        if where is not None:
+            margin = torch.where(where, margin, torch.full_like(margin, math.inf))
+        tr._margin(unit, margin)
+    return action
 
 
 def _rows_view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

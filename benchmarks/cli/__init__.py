@@ -16,6 +16,7 @@ from benchmarks import __version__
 from benchmarks.errors import DynbenchError
 
 COMMANDS: dict[str, str] = {
+    "check": "benchmarks.cli.check:check",
     "cost": "benchmarks.cli.cost:cost",
     "data": "benchmarks.cli.data:data",
     "latency": "benchmarks.cli.latency:latency",

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from benchmarks.errors import DynbenchError
-from benchmarks.routing import DynamicModule, mark_controller, route, trace
+from benchmarks.routing import DynamicModule, decide_argmax, mark_controller, route, trace
 
 __all__ = [
     "ALL_ACTIONS",
@@ -512,7 +512,7 @@ class D2NN(DynamicModule):
                 f"D2NN control node '{name}' returned shape {tuple(q.shape)}; expected "
                 f"(N, {spec.actions}) Q-values"
             )
-        action = q.detach().argmax(1)
+        action = decide_argmax(q.detach(), unit=self._unit(name), where=keep)
         if epsilon > 0:
             explore = torch.rand(n, generator=generator, device=keep.device) < epsilon
             random = torch.randint(spec.actions, (n,), generator=generator, device=keep.device)

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from benchmarks.registry import create_model, register_model
-from benchmarks.routing import DynamicModule, GatedConv2d, mark_controller
+from benchmarks.routing import DynamicModule, GatedConv2d, decide_threshold, mark_controller
 
 __all__ = [
     "MODES",
@@ -203,7 +203,7 @@ class LCNetBlock(DynamicModule):
             return self._branch(x, None, pooled)
         s = self.lnet(pooled).squeeze(1)
         self._soft["s"] = s
-        keep = straight_through(s, self.tau_l) if self.training else s >= self.tau_l
+        keep = straight_through(s, self.tau_l) if self.training else decide_threshold(s, self.tau_l, unit=self._unit())
         return self.route(self._branch, x, keep, s, pooled, unit=self._unit())
 
     def _branch(self, x: torch.Tensor, s: torch.Tensor | None, pooled: torch.Tensor | None) -> torch.Tensor:
@@ -218,7 +218,7 @@ class LCNetBlock(DynamicModule):
                 # inputs, and masking them again would block the straight-through gradient.
                 gate = c * straight_through(c, self.tau_c)
             else:
-                in_mask = c >= self.tau_c
+                in_mask = decide_threshold(c, self.tau_c, unit=f"{self._unit()}.cnet")
                 gate = c * in_mask
         h = self.conv1(x, gate=gate)
         if self.conv3 is None:

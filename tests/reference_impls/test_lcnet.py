@@ -1,6 +1,6 @@
 """LC-Net reference implementation: the execution contract (engines agree, batch invariance,
 real skipping), the cost model (per-sample MACs against an independent counter, expected cost
-against executed cost), structure rules, and a golden routing record."""
+against executed cost), and structure rules (its inference goldens live in results/expected/inference)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from benchmarks.registry import create_model, get_model_spec, list_models
 from benchmarks.routing import GatedConv2d, set_engine, trace
 from reference_impls.lcnet.model import MODES, LCNet, straight_through
 
-GOLDEN = Path(__file__).resolve().parents[2] / "results" / "expected" / "lcnet_golden_routing.json"
 BACKBONES = ("cifar_resnet20", "cifar_resnet56", "cifar_resnet110", "resnet18", "resnet34", "resnet50")
 
 
@@ -302,26 +301,3 @@ def test_wraps_the_backbone_and_loads_its_weights(backbone, digits):
         model.load_backbone_state({k: v for k, v in static.state_dict().items() if "fc" not in k})
 
 
-# --- golden routing ---------------------------------------------------------------------------
-
-
-def golden_record() -> dict:
-    """Routing of a tiny seeded LC-Net (ResNet-20, LC mode) on the first 16 digits test images."""
-    model = lcnet("lc", seed=0)
-    images = load_split("digits", "test").images[:16]
-    logits, t = _run(model, images, "sparse")
-    return {
-        "model": "lcnet_lc_cifar_resnet20",
-        "seed": 0,
-        "inputs": "digits test[:16]",
-        "predictions": logits.argmax(1).tolist(),
-        "macs_executed": t.macs_executed.tolist(),
-        "macs_controller": t.macs_controller.tolist(),
-        "units_executed": {k: v.tolist() for k, v in sorted(t.units_executed.items())},
-        "channels_kept": {k: v.tolist() for k, v in sorted(t.channels_kept.items())},
-    }
-
-
-def test_golden_routing():
-    expected = json.loads(GOLDEN.read_text(encoding="utf-8"))
-    assert golden_record() == expected

@@ -1,0 +1,78 @@
+"""How a golden check reports: one `Mismatch` per moved number, a readable diff, JUnit XML."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.io import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One number that moved: where (`item`, e.g. a case or check name), what (`metric`),
+    the pinned and the fresh value, and the rule it broke (`allowed`)."""
+
+    item: str
+    metric: str
+    expected: Any
+    got: Any
+    allowed: str
+
+    def line(self) -> str:
+        return (
+            f"  {self.item:<28} {self.metric:<34} expected {show(self.expected):>14}  "
+            f"got {show(self.got):>14}  ({self.allowed})"
+        )
+
+
+def show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def format_mismatches(
+    mismatches: Sequence[Mismatch], where: str, hint: str, limit: int = 40
+) -> str:
+    """A readable diff: one line per moved number (at most `limit`), then how to re-record."""
+    lines = [f"{len(mismatches)} golden number(s) moved ({where}):"]
+    lines += [m.line() for m in mismatches[:limit]]
+    if len(mismatches) > limit:
+        lines.append(f"  ... and {len(mismatches) - limit} more")
+    lines.append(f"If the change is deliberate, re-record them with `{hint}` and commit the diff.")
+    return "\n".join(lines)
+
+
+def write_junit(
+    path: str | os.PathLike,
+    suite: str,
+    results: Mapping[str, Sequence[Mismatch]],
+    times: Mapping[str, float] | None = None,
+) -> None:
+    """A JUnit XML report (one test case per golden, a failure listing its moved numbers),
+    the format CI systems (GitHub Actions reporters, GitLab, Jenkins) display."""
+    times = times or {}
+    failures = sum(1 for m in results.values() if m)
+    root = ET.Element(
+        "testsuite",
+        name=suite,
+        tests=str(len(results)),
+        failures=str(failures),
+        errors="0",
+        time=f"{sum(times.values()):.3f}",
+    )
+    for name, mismatches in results.items():
+        case = ET.SubElement(root, "testcase", classname=suite, name=name, time=f"{times.get(name, 0.0):.3f}")
+        if mismatches:
+            failure = ET.SubElement(
+                case, "failure", message=f"{len(mismatches)} golden number(s) moved", type="GoldenDrift"
+            )
+            failure.text = "\n".join(m.line() for m in mismatches)
+    ET.indent(root)
+    atomic_write_text(path, ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")
