@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.portability", description=__doc__.split("\n")[0])
     parser.add_argument("--tier", action="append", choices=TIERS, help="repeatable; default: inference and training")
-    parser.add_argument("--jobs", type=int, default=2, help="cells run at once")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at once (two cells of two threads on two cores slow each other down fivefold)")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     args = parser.parse_args(argv)
     if args.jobs < 1:

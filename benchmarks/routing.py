@@ -265,6 +265,8 @@ class Trace:
 
     def _margin(self, name: str, margin: torch.Tensor) -> None:
         """How far each row of the current frame was from flipping `name`'s decision."""
+        if self._device is None:
+            self._see(margin)
         frame = self._frame
         self._margins.append((name, frame.rows, frame.theo, margin.detach().float()))
 

@@ -18,8 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.goldens import ARCHITECTURES_FILE, CASES_FILE, INFERENCE_DIR, TRAINING_FILE
-from benchmarks.goldens import architectures, inference, training
+from benchmarks.goldens import (
+    ARCHITECTURES_FILE,
+    CASES_FILE,
+    INFERENCE_DIR,
+    TRAINING_FILE,
+    architectures,
+    inference,
+    training,
+)
 from benchmarks.goldens.inference import GoldenFileError, compare_engine, read_record, verify_record
 from benchmarks.goldens.report import format_mismatches, write_junit
 from benchmarks.registry import get_model_spec, list_models

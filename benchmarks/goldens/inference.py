@@ -208,7 +208,7 @@ def centre_controllers(model: nn.Module, images: torch.Tensor) -> None:
             continue
         last = linears[-1]
         seen: list[torch.Tensor] = []
-        handle = last.register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+        handle = last.register_forward_hook(lambda m, a, out, seen=seen: seen.append(out.detach()))
         try:
             with torch.no_grad():
                 model(images)

@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.data import load_split
 from benchmarks.errors import DynbenchError
+from benchmarks.registry import create_model
 from benchmarks.routing import (
     ENGINES,
     IDENTITY,
@@ -434,3 +435,65 @@ def test_trace_results_and_batch_size(toys, digits):
     with trace(counter=None) as t0:  # routing only
         model(digits[:5])
     assert torch.all(t0.macs_executed == 0) and t0.units_executed.keys() == t.units_executed.keys()
+
+
+# --- decision margins -------------------------------------------------------------------------
+
+
+class _MarginNet(nn.Module):
+    """A threshold gate on every row, then an argmax decided only on the routed rows."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from benchmarks.routing import decide_argmax, decide_threshold
+
+        score = x[:, 0]
+        keep = decide_threshold(score, 0.5, unit="gate")
+        q = x[:, 1:3]
+        action = decide_argmax(q, unit="choice", where=keep)
+        return action.float() + keep.float()
+
+
+def test_decisions_record_their_margins_per_sample():
+    from benchmarks.routing import decide_argmax, decide_threshold
+
+    x = torch.tensor([[0.9, 1.0, 0.5], [0.2, 3.0, 2.0], [0.50001, 0.0, 0.25]])
+    with trace() as t:
+        out = _MarginNet()(x)
+    assert out.tolist() == [1.0, 0.0, 2.0]
+    margins = t.decision_margins
+    assert margins["gate"].tolist() == pytest.approx([0.4, 0.3, 1e-5], abs=1e-6)
+    # the argmax decision is used on rows 0 and 2 only: row 1's gap (1.0) is not recorded
+    assert margins["choice"][0] == pytest.approx(0.5) and margins["choice"][1] == float("inf")
+    assert t.min_margin().tolist() == pytest.approx([0.4, 0.3, 1e-5], abs=1e-6)
+    # outside a trace they are the plain expressions and record nothing
+    assert torch.equal(decide_threshold(x[:, 0], 0.5, unit="g"), x[:, 0] >= 0.5)
+    assert torch.equal(decide_argmax(x, unit="q"), x.argmax(1))
+
+
+def test_channel_decision_margins_are_the_smallest_over_channels():
+    from benchmarks.routing import decide_threshold
+
+    c = torch.tensor([[0.9, 0.51, 0.2], [0.6, 0.7, 0.05]])
+    with trace() as t:
+        keep = decide_threshold(c, 0.5, unit="cnet")
+    assert keep.tolist() == [[True, True, False], [True, True, False]]
+    assert t.decision_margins["cnet"].tolist() == pytest.approx([0.01, 0.1])
+
+
+@pytest.mark.parametrize("name", ["lcnet_lc_cifar_resnet20", "d2nn_cascade"])
+def test_margins_are_recorded_for_original_samples_inside_routed_frames(name):
+    """Inside sample routing (sparse engine) margins land on the original sample indices,
+    and both engines record the same margins for the decisions that are used."""
+    kwargs = {"num_classes": 10, "in_chans": 1} if name.startswith("lcnet") else {"num_classes": 2, "in_chans": 1, "width": 4}
+    torch.manual_seed(0)
+    model = create_model(name, **kwargs).eval()
+    x = load_split("digits", "val").images[:12]
+    got = {}
+    for engine in ("sparse", "masked"):
+        set_engine(model, engine)
+        with torch.no_grad(), trace() as t:
+            model(x)
+        got[engine] = {k: v for k, v in t.decision_margins.items()}
+    assert got["sparse"].keys() == got["masked"].keys() and got["sparse"]
+    for unit, values in got["sparse"].items():
+        torch.testing.assert_close(values, got["masked"][unit], rtol=1e-5, atol=1e-6, msg=unit)

@@ -4,9 +4,6 @@ against executed cost), and structure rules (its inference goldens live in resul
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn as nn
