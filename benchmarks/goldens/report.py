@@ -38,13 +38,19 @@ def show(value: Any) -> str:
 
 
 def format_mismatches(
-    mismatches: Sequence[Mismatch], where: str, hint: str, limit: int = 40
+    mismatches: Sequence[Mismatch], where: str, hint: str, per_item: int = 8
 ) -> str:
-    """A readable diff: one line per moved number (at most `limit`), then how to re-record."""
-    lines = [f"{len(mismatches)} golden number(s) moved ({where}):"]
-    lines += [m.line() for m in mismatches[:limit]]
-    if len(mismatches) > limit:
-        lines.append(f"  ... and {len(mismatches) - limit} more")
+    """A readable diff: how many numbers moved in each golden, then the first `per_item`
+    lines of each, then how to re-record."""
+    groups: dict[str, list[Mismatch]] = {}
+    for m in mismatches:
+        groups.setdefault(m.item, []).append(m)
+    counts = ", ".join(f"{item} {len(ms)}" for item, ms in groups.items())
+    lines = [f"{len(mismatches)} golden number(s) moved ({where}): {counts}"]
+    for item, ms in groups.items():
+        lines += [m.line() for m in ms[:per_item]]
+        if len(ms) > per_item:
+            lines.append(f"  ... and {len(ms) - per_item} more in {item}")
     lines.append(f"If the change is deliberate, re-record them with `{hint}` and commit the diff.")
     return "\n".join(lines)
 
