@@ -1,14 +1,21 @@
 """Checkpoints: weights as safetensors plus a JSON architecture config; training state
 (optimizer, scheduler, RNG, position) as a torch file loaded with `weights_only=True`.
 
-Every file is written atomically, so a kill at any moment leaves the previous checkpoint
-whole.
+Every epoch commits once. Its files (the last weights, the weights selected on val so far,
+the training state) are written into `checkpoints/.pending-<tag>/`, a manifest naming them
+with their sha256 is written last, and one rename makes the folder `checkpoints/epoch-<tag>/`:
+a kill at any moment leaves either the new epoch whole or the previous one. Resuming takes
+the newest committed epoch whose files match its manifest (falling back to the one before,
+and removing what is pending or broken), so an interrupted run resumes to the bit-identical
+result. The selected weights are then published as `checkpoints/best.*` for readers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +24,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from benchmarks.errors import CheckpointError
-from benchmarks.io import atomic_path, atomic_write_json
+from benchmarks.io import atomic_path, atomic_write_json, sha256_file
 from benchmarks.registry import create_model
 
 
@@ -25,11 +32,12 @@ def save_weights(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any]
     """`<path>.safetensors` (tensors) and `<path>.json` (architecture config + meta)."""
     path = Path(path)
     state = {k: v.detach().contiguous().clone().cpu() for k, v in _unwrap(model).state_dict().items()}
-    with atomic_path(path.with_suffix(".safetensors")) as tmp:
-        save_file(state, str(tmp))
     arch = getattr(_unwrap(model), "arch_config", None)
     if arch is None:
         raise CheckpointError("model has no arch_config: build it with benchmarks.registry.create_model")
+    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+        save_file(state, str(tmp))
+    _step(f"{path.name}.safetensors")
     atomic_write_json(path.with_suffix(".json"), {"arch": arch, "meta": meta or {}})
     return path.with_suffix(".safetensors")
 
@@ -85,6 +93,124 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"training state {path} is missing") from None
     except Exception as exc:
         raise CheckpointError(f"training state {path} cannot be loaded safely: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# One atomic commit per epoch
+
+#: Called with a label after every write step of a checkpoint commit. Fault-injection tests set
+#: it to kill the process at a chosen step; it is None otherwise.
+WRITE_HOOK: Callable[[str], None] | None = None
+MANIFEST = "manifest.json"
+KEEP_COMMITTED = 2  # the newest epoch and the one before (the fallback)
+
+
+def _step(label: str) -> None:
+    if WRITE_HOOK is not None:
+        WRITE_HOOK(label)
+
+
+def epoch_tag(stage: int, epoch: int) -> str:
+    return f"{stage:03d}-{epoch:04d}"
+
+
+def _committed(directory: Path) -> list[Path]:
+    """Committed epoch folders, newest first."""
+    return sorted((p for p in directory.glob("epoch-*") if p.is_dir()), key=lambda p: p.name, reverse=True)
+
+
+def commit_epoch(
+    directory: str | os.PathLike,
+    tag: str,
+    model: nn.Module,
+    last_meta: dict[str, Any],
+    state: dict[str, Any],
+    best_meta: dict[str, Any] | None,
+) -> Path:
+    """Commit one epoch: `last.*` (the model now), `best.*` (the model now when `best_meta` is
+    given, else the previous epoch's best), `state.pt`, then the manifest, then the rename.
+    Publishes `best.*` and prunes older epochs afterwards. Returns the committed folder."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    pending = directory / f".pending-{tag}"
+    shutil.rmtree(pending, ignore_errors=True)
+    pending.mkdir()
+    previous = next(iter(_committed(directory)), None)
+    save_weights(model, pending / "last", last_meta)
+    _step("last.json")
+    if best_meta is not None:
+        save_weights(model, pending / "best", best_meta)
+        _step("best.json")
+    elif previous is not None and (previous / "best.safetensors").is_file():
+        for suffix in (".safetensors", ".json"):  # unchanged: share the previous files
+            os.link(previous / f"best{suffix}", pending / f"best{suffix}")
+        _step("best weights linked")
+    save_state(state, pending / "state.pt")
+    _step("training state")
+    files = sorted(p.name for p in pending.iterdir())
+    atomic_write_json(pending / MANIFEST, {"tag": tag, "files": {name: sha256_file(pending / name) for name in files}})
+    _step("manifest")
+    committed = directory / f"epoch-{tag}"
+    shutil.rmtree(committed, ignore_errors=True)  # a stale folder of an earlier attempt
+    os.rename(pending, committed)
+    _step("commit")
+    publish_best(directory, committed)
+    for old in _committed(directory)[KEEP_COMMITTED:]:
+        shutil.rmtree(old, ignore_errors=True)
+    _step("prune")
+    return committed
+
+
+def publish_best(directory: str | os.PathLike, committed: Path) -> None:
+    """Copy the committed epoch's `best.*` to `checkpoints/best.*` (each file atomically)."""
+    directory = Path(directory)
+    for suffix in (".safetensors", ".json"):
+        source = committed / f"best{suffix}"
+        if source.is_file():
+            with atomic_path(directory / f"best{suffix}") as tmp:
+                shutil.copyfile(source, tmp)
+            _step(f"publish best{suffix}")
+
+
+def verify_committed(folder: Path) -> str | None:
+    """None when every file of the folder's manifest is there with its sha256; else why not."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"no readable manifest ({exc})"
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_file(path) != digest:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def latest_committed(
+    directory: str | os.PathLike, log: Callable[[str], None] | None = None, clean: bool = True
+) -> Path | None:
+    """The newest committed epoch whose files verify. With `clean`, pending and broken
+    folders and stray temporary files are removed (with a message)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    strays = [*directory.glob(".pending-*"), *directory.glob(".*.tmp")] if clean else []
+    for stray in strays:
+        if stray.is_dir():
+            shutil.rmtree(stray, ignore_errors=True)
+        else:
+            stray.unlink(missing_ok=True)
+    for folder in _committed(directory):
+        problem = verify_committed(folder)
+        if problem is None:
+            return folder
+        if clean:
+            if log:
+                log(f"checkpoint {folder} is incomplete ({problem}); falling back to the one before")
+            shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -31,9 +31,12 @@ from benchmarks.engine.batches import (
 )
 from benchmarks.engine.checkpoint import (
     build_from_checkpoint,
+    commit_epoch,
+    epoch_tag,
+    latest_committed,
     load_state,
     load_weights,
-    save_state,
+    publish_best,
     save_weights,
 )
 from benchmarks.engine.method import Method, Stage, StepContext, get_method
@@ -79,8 +82,8 @@ class Trainer:
         self.cfg = single_seed_config(cfg, seed)
         self.seed = int(seed)
         self.data_root = data_root
-        self.run = RunFolder.for_config(self.cfg, runs_root)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.run = RunFolder.for_config(self.cfg, runs_root, self.device)
         self.dist = distributed.context()
         if self.dist.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -132,7 +135,14 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train (or resume) the run; return the selection summary."""
+        """Train (or resume) the run; return the selection summary. Holds the run folder's
+        lock (one process per run) while it trains."""
+        if not self.dist.is_main or self.dist.world_size > 1:
+            return self._fit()
+        with self.run.lock(self.log):
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         seed_everything(self.seed, self.cfg["deterministic"])
         if self.dist.is_main:
             self.run.create(self.cfg, environment_record(self.device, amp=self.use_amp, channels_last=self.channels_last, world_size=self.dist.world_size))
@@ -140,22 +150,25 @@ class Trainer:
         train_data = load_split(self.info.name, "train", self.data_root, options=self.options)
         val_data = load_split(self.info.name, "val", self.data_root, options=self.options)
         stages = self.method.stages()
-        state_path = self.run.checkpoint_dir / "last_state.pt"
-        last_path = self.run.checkpoint_dir / "last"
         best_path = self.run.checkpoint_dir / "best"
 
         history: list[dict[str, Any]] = []
         best = {"metric": None, "epoch": None, "stage": None, "metrics": {}}
         start_stage, start_epoch, resumed_state = 0, 0, None
-        if state_path.is_file():
-            resumed_state = load_state(state_path)
-            model, _ = build_from_checkpoint(last_path)
+        if self.dist.is_main:  # removes pending and broken epochs, with a message
+            latest_committed(self.run.checkpoint_dir, log=self.log)
+        distributed.barrier()
+        committed = latest_committed(self.run.checkpoint_dir, clean=False)
+        if committed is not None:
+            resumed_state = load_state(committed / "state.pt")
+            model, _ = build_from_checkpoint(committed / "last")
+            publish_best(self.run.checkpoint_dir, committed)  # a kill may have come before it
             history = list(resumed_state["history"])
             best = dict(resumed_state["best"])
             start_stage, start_epoch = resumed_state["stage"], resumed_state["epoch"] + 1
             if start_epoch >= stages[start_stage].epochs:
                 start_stage, start_epoch = start_stage + 1, 0
-            self.log(f"[{self.run.path.name}] resuming at stage {start_stage} epoch {start_epoch}")
+            self.log(f"[{self.run.path.name}] resuming at stage {start_stage} epoch {start_epoch} from {committed.name}")
         else:
             model = self.method.build_model(self.info)
         select_key, select_mode = self.cfg["select"]["metric"], self.cfg["select"]["mode"]
@@ -178,7 +191,8 @@ class Trainer:
                     torch.cuda.set_rng_state_all(list(resumed_state["rng_cuda"]))
                 first_epoch = start_epoch
             for epoch in range(first_epoch, stage.epochs):
-                row = self._train_epoch(ddp_model, model, optimizer, scheduler, stage, epoch, steps_per_epoch, train_data, last_path)
+                best_meta = None
+                row = self._train_epoch(ddp_model, model, optimizer, scheduler, stage, epoch, steps_per_epoch, train_data, committed)
                 val_metrics = self.evaluate(model, val_data)
                 row.update({f"val_{k}": v for k, v in val_metrics.items()})
                 history.append(row)
@@ -191,10 +205,8 @@ class Trainer:
                     improved = best["metric"] is None or (value > best["metric"] if select_mode == "max" else value < best["metric"])
                     if improved:
                         best = {"metric": value, "epoch": epoch + 1, "stage": stage.name, "metrics": dict(row)}
-                        if self.dist.is_main:
-                            save_weights(model, best_path, {"stage": stage.name, "epoch": epoch + 1, select_key: value})
+                        best_meta = {"stage": stage.name, "epoch": epoch + 1, select_key: value}
                 if self.dist.is_main:
-                    save_weights(model, last_path, {"stage": stage.name, "epoch": epoch + 1})
                     state = {
                         "stage": stage.index,
                         "epoch": epoch,
@@ -206,7 +218,10 @@ class Trainer:
                     }
                     if torch.cuda.is_available():
                         state["rng_cuda"] = torch.cuda.get_rng_state_all()
-                    save_state(state, state_path)
+                    committed = commit_epoch(
+                        self.run.checkpoint_dir, epoch_tag(stage.index, epoch), model,
+                        {"stage": stage.name, "epoch": epoch + 1}, state, best_meta,
+                    )  # fmt: skip
                     self._write_log(history)
                 self.log(
                     f"[{self.run.path.name}] {stage.name} epoch {epoch + 1}/{stage.epochs}: "
@@ -217,7 +232,7 @@ class Trainer:
             save_weights(model, best_path, {"stage": stages[-1].name if stages else "", "epoch": None})
         return {"run_dir": str(self.run.path), "selected": best}
 
-    def _train_epoch(self, ddp_model, model, optimizer, scheduler, stage: Stage, epoch: int, steps_per_epoch: int, train_data, last_path: Path) -> dict[str, Any]:
+    def _train_epoch(self, ddp_model, model, optimizer, scheduler, stage: Stage, epoch: int, steps_per_epoch: int, train_data, committed: Path | None) -> dict[str, Any]:
         model.train()
         generator = epoch_generator(self.seed, stage.index, epoch)
         batches = train_batches(train_data, stage.batch_size, generator, stage.augment, (self.dist.rank, self.dist.world_size))
@@ -232,10 +247,13 @@ class Trainer:
                 loss, logs = self.method.loss(ddp_model, images, targets, ctx)
             loss_value = loss.detach()
             if not _finite(loss_value):
+                kept = (
+                    f"The last good checkpoint is kept at {committed / 'last.safetensors'}"
+                    if committed is not None else "No epoch had finished, so there is no checkpoint to keep"
+                )  # fmt: skip
                 raise TrainingDiverged(
                     f"[{self.run.path.name}] the loss became {loss_value.item()} at stage '{stage.name}', "
-                    f"epoch {epoch + 1}, step {step_in_epoch + 1}; training stopped. The last good "
-                    f"checkpoint is kept at {last_path.with_suffix('.safetensors')} "
+                    f"epoch {epoch + 1}, step {step_in_epoch + 1}; training stopped. {kept} "
                     f"(lower the learning rate, or check the data)."
                 )
             optimizer.zero_grad(set_to_none=True)

@@ -81,7 +81,7 @@ def test_resume_after_sigkill_gives_the_same_final_metrics(tmp_path):
     proc = subprocess.Popen(cmd + ["--out", str(killed_out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
-        states = list(killed_out.glob("runs/*/checkpoints/last_state.pt"))
+        states = list(killed_out.glob("runs/*/checkpoints/epoch-*/state.pt"))
         logs = list(killed_out.glob("runs/*/metrics.csv"))
         if states and logs and len(pd.read_csv(logs[0])) >= 1:
             break
@@ -104,6 +104,71 @@ def test_resume_after_sigkill_gives_the_same_final_metrics(tmp_path):
     )
 
 
+KILL_AT_STEP = """
+import json, os, signal, sys
+from benchmarks.config import resolve_config
+from benchmarks.engine import Trainer, checkpoint
+target, steps = int(sys.argv[2]), []
+def kill_at(label):
+    steps.append(label)
+    if len(steps) == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.WRITE_HOOK = kill_at
+cfg = resolve_config(json.loads(sys.argv[1]))
+Trainer(cfg, seed=0, runs_root=sys.argv[3], device="cpu", progress=False, log=lambda m: None).fit()
+"""
+
+
+def _outcome(trainer: Trainer) -> tuple[pd.DataFrame, str, list[str]]:
+    checkpoints = trainer.run.checkpoint_dir
+    leftovers = sorted(p.name for p in checkpoints.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp"))
+    return _metrics(trainer), sha256_file(checkpoints / "best.safetensors"), leftovers
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_checkpoint_write_step_resumes_bit_identically(tmp_path):
+    """SIGKILL injected (through checkpoint.WRITE_HOOK, not a timer) after each write step of
+    every epoch's commit; the resumed run equals the uninterrupted one, bit for bit."""
+    import json
+
+    from benchmarks.engine import checkpoint
+
+    data = dict(TINY, train={**TINY["train"], "epochs": 2})
+    steps: list[str] = []
+    checkpoint.WRITE_HOOK = steps.append
+    try:
+        clean = _outcome(_train(tmp_path / "clean", data=data))
+    finally:
+        checkpoint.WRITE_HOOK = None
+    assert clean[2] == [], f"temporary files survived a finished run: {clean[2]}"
+    assert steps.count("commit") == 2 and len(steps) >= 20, steps
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k, label in enumerate(steps, start=1):
+        out = tmp_path / f"kill{k}"
+        proc = subprocess.run([sys.executable, "-c", KILL_AT_STEP, json.dumps(data), str(k), str(out)],
+                              env=env, capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == -signal.SIGKILL, f"step {k} ({label}) was not reached: {proc.stderr[-500:]}"
+        resumed = _outcome(_train(out, data=data))
+        assert resumed[1] == clean[1], f"kill after step {k} ({label}): different selected weights"
+        pd.testing.assert_frame_equal(resumed[0], clean[0], obj=f"metrics after a kill at step {k} ({label})")
+        assert resumed[2] == [], f"kill after step {k} ({label}): left {resumed[2]}"
+
+
+def test_a_broken_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
+    data = dict(TINY, train={**TINY["train"], "epochs": 2})
+    clean = _outcome(_train(tmp_path / "clean", data=data))
+    trainer = _train(tmp_path / "broken", data=data)
+    newest = sorted(trainer.run.checkpoint_dir.glob("epoch-*"))[-1]
+    (newest / "last.safetensors").write_bytes(b"truncated")
+    messages: list[str] = []
+    cfg = resolve_config(data)
+    Trainer(cfg, seed=0, runs_root=tmp_path / "broken", device="cpu", progress=False, log=messages.append).fit()
+    assert any("does not match its sha256" in m and "falling back" in m for m in messages), messages
+    metrics, best, leftovers = _outcome(trainer)
+    pd.testing.assert_frame_equal(metrics, clean[0])
+    assert best == clean[1] and leftovers == []
+
+
 @register_method
 class _ExplodingMethod(Method):
     """Test method whose loss becomes NaN in the second epoch."""
@@ -122,8 +187,10 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     trainer = Trainer(cfg, seed=0, runs_root=tmp_path, device="cpu", progress=False, log=lambda m: None)
     with pytest.raises(TrainingDiverged, match=r"loss became nan at stage 'train', epoch 2") as info:
         trainer.fit()
-    assert "last good checkpoint" in str(info.value)
-    meta = yaml.safe_load((trainer.run.checkpoint_dir / "last.json").read_text())["meta"]
+    assert "last good checkpoint is kept at" in str(info.value)
+    kept = Path(str(info.value).split("kept at ")[1].split(" (")[0])
+    assert kept.is_file(), "the message must name a checkpoint that exists"
+    meta = yaml.safe_load(kept.with_suffix(".json").read_text())["meta"]
     assert meta["epoch"] == 1
 
 
