@@ -35,7 +35,13 @@ def evaluate_split(model: torch.nn.Module, method, dataset, batch_size: int) -> 
 def finalize_run(
     run: RunFolder, data_root: str | os.PathLike | None = None, cost: bool = True
 ) -> list[dict[str, Any]]:
-    """Evaluate the selected checkpoint on val and test; write metrics.json and results.csv."""
+    """Evaluate the selected checkpoint on val and test; write metrics.json and results.csv,
+    then the completion record (under the run folder's lock)."""
+    with run.lock():
+        return _finalize(run, data_root, cost)
+
+
+def _finalize(run: RunFolder, data_root: str | os.PathLike | None, cost: bool) -> list[dict[str, Any]]:
     cfg = run.load_config()
     method = get_method(cfg["method"])(cfg)
     model = load_selected_model(run)
@@ -74,8 +80,10 @@ def finalize_run(
             )
         )
     metrics["params"] = count_params(model)
+    run.completion_file.unlink(missing_ok=True)  # re-evaluating: not finished until rewritten
     write_results(rows, run.results_file)
     run.write_metrics(metrics)
+    run.mark_complete()
     return rows
 
 

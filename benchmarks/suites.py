@@ -115,16 +115,20 @@ def reproduce(
     report = SuiteReport(suite, tables_dir / f"{suite}.csv", [])
     jobs = [(cfg, seed) for cfg in configs for seed in (list(range(seeds)) if seeds else cfg["seeds"])]
     for number, (cfg, seed) in enumerate(jobs, start=1):
-        run = RunFolder.for_config(single_seed_config(cfg, seed), runs_root)
+        run = RunFolder.for_config(single_seed_config(cfg, seed), runs_root, device)
         elapsed = time.perf_counter() - started
         eta = f", about {elapsed / (number - 1) * (len(jobs) - number + 1):.0f}s left" if number > 1 else ""
         log(f"[{suite} {number}/{len(jobs)}{eta}] {cfg['name']} seed {seed}")
-        if run.is_complete():
-            report.reused += 1
-        else:
-            Trainer(cfg, seed, runs_root=runs_root, data_root=data_root, device=device, log=log).fit()
-            finalize_run(run, data_root)
-            report.trained += 1
+        with run.lock(log):  # a second process waits here, then reuses what the first made
+            problem = run.completion_problem()
+            if problem is None:
+                report.reused += 1
+            else:
+                if problem != "not finished":
+                    log(f"[{suite}] {run.path.name}: {problem}; resuming and evaluating it again")
+                Trainer(cfg, seed, runs_root=runs_root, data_root=data_root, device=device, log=log).fit()
+                finalize_run(run, data_root)
+                report.trained += 1
         report.runs.append(run.path)
     frame = collect_results(run / "results.csv" for run in report.runs)
     write_results(frame, report.rows_file)

@@ -27,14 +27,22 @@ def train(config: str, quick: bool, overrides: tuple[str, ...], seed: int | None
 
     cfg = load_config(find_config(config), quick=quick, overrides=overrides)
     runs_root = ensure_dir(Path(out) / "runs")
+    log = lambda msg: click.echo(msg, err=True)  # noqa: E731
     for s in [seed] if seed is not None else cfg["seeds"]:
         trainer = Trainer(cfg, s, runs_root=runs_root, data_root=data_root, device=device)
-        summary = trainer.fit()
-        click.echo(f"run: {summary['run_dir']}")
-        if not no_eval:
-            rows = finalize_run(trainer.run, data_root)
-            for row in rows:
-                click.echo(f"  {row['split']}: accuracy {row['accuracy']:.2f}%")
+        with trainer.run.lock(log):  # a second process on this run waits, then reuses it
+            problem = trainer.run.completion_problem()
+            if problem is None:
+                click.echo(f"run: {trainer.run.path} (finished already: reused)")
+                continue
+            if problem != "not finished":
+                log(f"{trainer.run.path.name}: {problem}; resuming and evaluating it again")
+            summary = trainer.fit()
+            click.echo(f"run: {summary['run_dir']}")
+            if not no_eval:
+                rows = finalize_run(trainer.run, data_root)
+                for row in rows:
+                    click.echo(f"  {row['split']}: accuracy {row['accuracy']:.2f}%")
 
 
 @click.command("eval")

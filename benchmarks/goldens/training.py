@@ -114,11 +114,11 @@ def train_and_evaluate(run: Run, seed: int, workdir: str | os.PathLike) -> dict[
     from benchmarks.data import dataset_info
     from benchmarks.engine import Trainer, load_selected_model
     from benchmarks.evaluation import finalize_run
-    from benchmarks.runs import RunFolder, single_seed_config
 
     cfg = load_config(find_config(run.config), quick=True, overrides=run.overrides)
-    Trainer(cfg, seed, runs_root=workdir, device="cpu", progress=False, log=lambda msg: None).fit()
-    folder = RunFolder.for_config(single_seed_config(cfg, seed), workdir)
+    trainer = Trainer(cfg, seed, runs_root=workdir, device="cpu", progress=False, log=lambda msg: None)
+    trainer.fit()
+    folder = trainer.run
     rows = finalize_run(folder)
     with open(folder.metrics_log, encoding="utf-8", newline="") as f:
         losses = [float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss") not in (None, "")]

@@ -130,7 +130,7 @@ def train_point(
     log: Callable[[str], None] = print,
 ) -> RunFolder:
     """Train (or reuse) one run and have the harness evaluate it on val and test."""
-    run = RunFolder.for_config(single_seed_config(cfg, seed), runs_root)
+    run = RunFolder.for_config(single_seed_config(cfg, seed), runs_root, device)
     if run.is_complete():
         return run
     Trainer(cfg, seed, runs_root=runs_root, data_root=data_root, device=device, progress=False, log=log).fit()
