@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,14 @@ def _positive_int(v: Any) -> bool:
 
 def _nonneg_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _run_name(v: Any) -> bool:
+    """An experiment name becomes a folder name: letters, digits, '.', '_', '-' only."""
+    return isinstance(v, str) and _SAFE_NAME.fullmatch(v) is not None
 
 
 def _string(v: Any) -> bool:
@@ -69,13 +78,14 @@ _EXPECTED = {
     _positive_int: "a positive integer",
     _nonneg_number: "a non-negative number",
     _string: "a non-empty string",
+    _run_name: "a name of letters, digits, '.', '_' and '-' (it names the run folder; no '/' or '..')",
     _list_of_ints: "a non-empty list of non-negative integers",
     _dict: "a mapping",
     _list_of_dicts: "a list of mappings",
 }
 
 SCHEMA: dict[str, Any] = {
-    "name": (_string, _REQUIRED),
+    "name": (_run_name, _REQUIRED),
     "suite": (_string, "custom"),
     "description": (lambda v: isinstance(v, str), ""),
     "model": {
@@ -160,13 +170,40 @@ def _validate(data: Any, schema: dict[str, Any], where: str, prefix: str = "") -
     return resolved
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that also reads `1e-3` as a number (YAML 1.1 needs `1.0e-3`)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Safe YAML (no Python objects), with scientific notation read as numbers."""
+    loader = _YamlLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`train.epochs=3` -> (['train', 'epochs'], 3); the value is parsed as YAML."""
     if "=" not in item:
         raise ConfigError(f"--set '{item}': expected KEY=VALUE, e.g. train.epochs=3")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml_text(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set '{item}': value is not valid YAML ({exc})") from exc
     parts = [p for p in key.strip().split(".") if p]
@@ -197,14 +234,37 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file '{path}': {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml_text(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"config file '{path}' is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(data).__name__}")
+    _check_size(data, str(path))
     return data
+
+
+MAX_CONFIG_VALUES = 100_000
+
+
+def _check_size(data: Any, where: str) -> None:
+    """Refuse a config whose values, with YAML aliases expanded, exceed MAX_CONFIG_VALUES
+    (an alias bomb is a few lines that expand exponentially). Stops counting at the limit."""
+    count = 0
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{where}: the config expands to more than {MAX_CONFIG_VALUES:,} values "
+                "(YAML anchors and aliases expanded); refusing it"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def resolve_config(
@@ -227,7 +287,22 @@ def resolve_config(
         if not _string(stage.get("name")):
             raise ConfigError(f"{where}: stages[{i}] needs a 'name' (a non-empty string)")
     _validate_known_names(resolved, where)
+    _validate_training(resolved, where)
     return resolved
+
+
+def _validate_training(cfg: dict[str, Any], where: str) -> None:
+    """Optimizers and schedules, the config's and every stage's, checked before anything runs."""
+    from benchmarks.engine.optim import check_optimizer, check_scheduler
+
+    check_optimizer(cfg["train"]["optimizer"], f"{where}: train.optimizer")
+    check_scheduler(cfg["train"]["scheduler"], f"{where}: train.scheduler")
+    for i, stage in enumerate(cfg["stages"]):
+        for key, check in (("optimizer", check_optimizer), ("scheduler", check_scheduler)):
+            if key in stage:
+                if not isinstance(stage[key], dict):
+                    raise ConfigError(f"{where}: stages[{i}].{key} must be a mapping")
+                check(stage[key], f"{where}: stages[{i}] ({stage.get('name')}).{key}")
 
 
 def _validate_known_names(cfg: dict[str, Any], where: str) -> None:

@@ -18,6 +18,48 @@ _OPTIMIZERS = {"sgd", "adam", "adamw"}
 _SCHEDULERS = {"constant", "cosine", "multistep"}
 
 
+def check_optimizer(spec: dict[str, Any], where: str) -> None:
+    """Refuse an optimizer spec that would fail or misbehave at its first step: unknown name
+    or keys, a learning rate that is not a positive finite number, negative weight decay."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a mapping, got {spec!r}")
+    name = spec.get("name", "sgd")
+    if name not in _OPTIMIZERS:
+        raise ConfigError(f"{where}.name must be one of {', '.join(sorted(_OPTIMIZERS))}, got '{name}'")
+    for key, low, inclusive in (("lr", 0.0, False), ("weight_decay", 0.0, True), ("momentum", 0.0, True)):
+        if key not in spec:
+            continue
+        value = spec[key]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (value >= low if inclusive else value > low)
+        if not ok:
+            bound = f">= {low:g}" if inclusive else f"> {low:g}"
+            raise ConfigError(f"{where}.{key} must be a finite number {bound}, got {value!r}")
+    try:
+        build_optimizer([torch.zeros(1, requires_grad=True)], spec)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(_located(where, str(exc), "train.optimizer")) from None
+
+
+def check_scheduler(spec: dict[str, Any], where: str) -> None:
+    """Refuse a schedule with an unknown name or keys, before anything runs."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a mapping, got {spec!r}")
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    try:
+        build_scheduler(optimizer, spec, steps_per_epoch=1, epochs=1)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(_located(where, str(exc), "train.scheduler")) from None
+
+
+def _located(where: str, message: str, generic: str) -> str:
+    """`message` (which may name the generic key) said of the key at `where`."""
+    if message.startswith(generic):
+        rest = message[len(generic):]
+        return f"{where}{rest}" if rest.startswith(".") else f"{where}{rest}"
+    return f"{where}: {message}"
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], spec: dict[str, Any]) -> torch.optim.Optimizer:
     spec = dict(spec)
     name = spec.pop("name", "sgd")

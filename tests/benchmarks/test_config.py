@@ -84,3 +84,48 @@ def test_find_config_suggests_bundled_names():
     assert find_config("quick/digits_cnn").name == "digits_cnn.yaml"
     with pytest.raises(UnknownNameError, match="quick/digits_cnn"):
         find_config("quick/digit_cnn")
+
+
+# --- input that used to crash, escape or be taken as given --------------------------------------
+
+_BASE = {"name": "t", "model": {"name": "digits_cnn"}, "dataset": {"name": "digits"}, "train": {"epochs": 1}}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.optimizer.lr=.nan", "train.optimizer.lr must be a finite number > 0, got nan"),
+        ("train.optimizer.lr=-1.0", "train.optimizer.lr must be a finite number > 0, got -1.0"),
+        ("train.optimizer.weight_decay=-1", "train.optimizer.weight_decay must be a finite number >= 0"),
+        ("train.optimizer.name=sgdd", "train.optimizer.name must be one of adam, adamw, sgd, got 'sgdd'"),
+        ("train.optimizer.betaz=1", "unexpected keyword argument 'betaz'"),
+        ("train.scheduler.name=cosin", "train.scheduler.name must be one of constant, cosine, multistep"),
+        ("name=../../../escaped_run", "key 'name' must be a name of letters, digits"),
+        ("name=/tmp/abs", "no '/' or '..'"),
+    ],
+)
+def test_bad_training_settings_are_refused_before_anything_runs(override, message):
+    with pytest.raises(ConfigError) as info:
+        resolve_config(_BASE, overrides=[override])
+    assert message in str(info.value)
+
+
+def test_scientific_notation_is_a_number_in_set_and_in_yaml(tmp_path):
+    cfg = resolve_config(_BASE, overrides=["train.optimizer.lr=1e-3"])
+    assert cfg["train"]["optimizer"]["lr"] == 0.001
+    path = tmp_path / "c.yaml"
+    path.write_text("name: t\nmodel: {name: digits_cnn}\ndataset: {name: digits}\ntrain: {epochs: 1, optimizer: {name: adam, lr: 3e-4}}\n")
+    assert load_config(path)["train"]["optimizer"]["lr"] == 3e-4
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join(['*a' + str(i - 1)] * 10)}]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\nname: t\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
+        load_config(path)
+    assert time.perf_counter() - start < 5
