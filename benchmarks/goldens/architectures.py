@@ -4,10 +4,8 @@ Counting is analytic, from shapes, so these hold exactly on any CPU."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from benchmarks.goldens.report import Mismatch
@@ -40,16 +38,9 @@ def document(counts: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def read(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    from benchmarks.goldens.inference import GoldenFileError
+    from benchmarks.goldens.report import read_golden_file
 
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GoldenFileError(f"golden file '{path}' does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise GoldenFileError(f"golden file '{path}' is not valid JSON (line {exc.lineno}): {exc.msg}") from None
-    if not isinstance(doc, dict) or doc.get("kind") != KIND or doc.get("schema") != SCHEMA:
-        raise GoldenFileError(f"golden file '{path}' is not an architecture golden of schema {SCHEMA}")
+    doc = read_golden_file(path, KIND, SCHEMA, "dynbench architecture golden", "count them with `python -m benchmarks.goldens record --architectures`")
     return doc["architectures"]
 
 

@@ -24,7 +24,6 @@ check in, from a portable generator (numpy's PCG64 stream) whose output hash is 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -37,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from benchmarks.errors import DynbenchError
-from benchmarks.goldens.report import Mismatch
+from benchmarks.goldens.report import GoldenFileError, Mismatch, read_golden_file
 from benchmarks.io import atomic_path, atomic_write_json, sha256_file
 
 SCHEMA = 1
@@ -52,10 +51,6 @@ VARIANCE_FLOOR = 0.01  # of calibrated BatchNorm running variances
 MACS_KEYS = ("macs_executed", "macs_theoretical", "macs_controller")
 WEIGHT_SOURCES = ("file", "generated")
 PREPARATIONS = ("calibrate_batchnorm", "centre_controllers")
-
-
-class GoldenFileError(DynbenchError):
-    """A golden file that cannot be read: missing, not JSON, another schema, bad fields."""
 
 
 @dataclass(frozen=True)
@@ -358,28 +353,8 @@ def record(case: GoldenCase, directory: str | os.PathLike) -> dict[str, Any]:
 
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
     """A golden record, with one clear error for every way it can be unreadable."""
-    path = Path(path)
     hint = "re-record it with `dynbench check record`"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GoldenFileError(f"golden file '{path}' does not exist; {hint}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GoldenFileError(f"golden file '{path}' cannot be read: {exc}") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GoldenFileError(
-            f"golden file '{path}' is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-            f"was it edited by hand? {hint}"
-        ) from None
-    if not isinstance(doc, dict) or doc.get("kind") != KIND:
-        raise GoldenFileError(f"golden file '{path}' is not a dynbench inference golden (kind '{KIND}')")
-    if doc.get("schema") != SCHEMA:
-        raise GoldenFileError(
-            f"golden file '{path}' has schema version {doc.get('schema')!r}; this dynbench reads "
-            f"version {SCHEMA}. Re-record it with this version (`dynbench check record`)."
-        )
+    doc = read_golden_file(path, KIND, SCHEMA, "dynbench inference golden", hint)
     for key, kind in (("name", str), ("model", str), ("kwargs", dict), ("inputs", dict),
                       ("weights", dict), ("tolerances", dict), ("engines", dict)):  # fmt: skip
         if not isinstance(doc.get(key), kind):

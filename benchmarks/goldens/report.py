@@ -1,14 +1,48 @@
-"""How a golden check reports: one `Mismatch` per moved number, a readable diff, JUnit XML."""
+"""How a golden check reads its files and reports: one error type for unreadable golden files,
+one `Mismatch` per moved number, a readable diff, JUnit XML."""
 
 from __future__ import annotations
 
+import json
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from benchmarks.errors import DynbenchError
 from benchmarks.io import atomic_write_text
+
+
+class GoldenFileError(DynbenchError):
+    """A golden file that cannot be read: missing, not JSON, another schema, bad fields."""
+
+
+def read_golden_file(path: str | os.PathLike, kind: str, schema: int, what: str, hint: str) -> dict[str, Any]:
+    """The JSON document of a golden file of `kind` and `schema`, or one clear error saying
+    what is wrong with it and how to make it again (`hint`)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GoldenFileError(f"golden file '{path}' does not exist; {hint}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GoldenFileError(f"golden file '{path}' cannot be read: {exc}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GoldenFileError(
+            f"golden file '{path}' is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            f"was it edited by hand? {hint}"
+        ) from None
+    if not isinstance(doc, dict) or doc.get("kind") != kind:
+        raise GoldenFileError(f"golden file '{path}' is not a {what} (kind '{kind}')")
+    if doc.get("schema") != schema:
+        raise GoldenFileError(
+            f"golden file '{path}' has schema version {doc.get('schema')!r}; this dynbench reads "
+            f"version {schema}. {hint[0].upper() + hint[1:]}."
+        )
+    return doc
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,12 @@ band `mean ± BAND_MULTIPLE · std` (at least `mean ± MIN_HALF_WIDTH`) into
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from benchmarks.goldens.report import Mismatch
@@ -175,16 +173,9 @@ def document(measured: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def read(path: str | os.PathLike) -> dict[str, Any]:
-    from benchmarks.goldens.inference import GoldenFileError
+    from benchmarks.goldens.report import read_golden_file
 
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GoldenFileError(f"golden file '{path}' does not exist; measure it with `python -m benchmarks.goldens measure`") from None
-    except json.JSONDecodeError as exc:
-        raise GoldenFileError(f"golden file '{path}' is not valid JSON (line {exc.lineno}): {exc.msg}") from None
-    if not isinstance(doc, dict) or doc.get("kind") != KIND or doc.get("schema") != SCHEMA:
-        raise GoldenFileError(f"golden file '{path}' is not a training-checks golden of schema {SCHEMA}")
+    doc = read_golden_file(path, KIND, SCHEMA, "dynbench training-checks golden", "measure it with `python -m benchmarks.goldens measure`")
     return doc
 
 
