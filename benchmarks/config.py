@@ -233,6 +233,8 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"config file '{path}' does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file '{path}': {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         data = load_yaml_text(text)
     except yaml.YAMLError as exc:
@@ -353,6 +355,8 @@ def find_config(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
+    if path.is_absolute() or name_or_path.startswith(".") or (name_or_path.endswith((".yaml", ".yml")) and not (CONFIG_ROOT / name_or_path).is_file()):
+        raise ConfigError(f"config file '{name_or_path}' does not exist")
     bundled = CONFIG_ROOT / (name_or_path if name_or_path.endswith(".yaml") else name_or_path + ".yaml")
     if bundled.is_file():
         return bundled

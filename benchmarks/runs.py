@@ -158,6 +158,8 @@ class RunFolder:
             data = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"'{self.path}' is not a run folder (no config.yaml)") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{self.config_file} is malformed ({type(exc).__name__}); the run folder was edited or damaged") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{self.config_file} is malformed")
         return data

@@ -103,14 +103,14 @@ def reproduce(
     if suite not in suites:
         raise UnknownNameError("suite", suite, suites)
     experiments = suite_experiments(suite, suites)
-    out = ensure_dir(out)
-    runs_root = ensure_dir(out / "runs")
-    tables_dir = ensure_dir(out / "tables")
-    # Validate every config before any training: a typo fails fast, with nothing written.
+    # Validate every config before any folder is made: a typo fails fast, with nothing written.
     configs = [
         load_config(find_config(name), quick=suite_quick if quick is None else quick)
         for name, suite_quick in experiments
     ]
+    out = ensure_dir(out)
+    runs_root = ensure_dir(out / "runs")
+    tables_dir = ensure_dir(out / "tables")
     started = time.perf_counter()
     report = SuiteReport(suite, tables_dir / f"{suite}.csv", [])
     jobs = [(cfg, seed) for cfg in configs for seed in (list(range(seeds)) if seeds else cfg["seeds"])]
@@ -119,14 +119,20 @@ def reproduce(
         elapsed = time.perf_counter() - started
         eta = f", about {elapsed / (number - 1) * (len(jobs) - number + 1):.0f}s left" if number > 1 else ""
         log(f"[{suite} {number}/{len(jobs)}{eta}] {cfg['name']} seed {seed}")
-        with run.lock(log):  # a second process waits here, then reuses what the first made
+        if run.is_complete():
+            report.reused += 1
+            report.runs.append(run.path)
+            continue
+        trainer = Trainer(cfg, seed, runs_root=runs_root, data_root=data_root, device=device, log=log)
+        trainer.preflight()  # bad input fails before this run's folder exists
+        with trainer.exclusive():  # a second process waits here, then reuses what the first made
             problem = run.completion_problem()
             if problem is None:
                 report.reused += 1
             else:
                 if problem != "not finished":
                     log(f"[{suite}] {run.path.name}: {problem}; resuming and evaluating it again")
-                Trainer(cfg, seed, runs_root=runs_root, data_root=data_root, device=device, log=log).fit()
+                trainer.fit()
                 finalize_run(run, data_root)
                 report.trained += 1
         report.runs.append(run.path)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from benchmarks.cli.options import data_root_option
+from benchmarks.cli.options import check_device, data_root_option
 from benchmarks.errors import ConfigError
 from benchmarks.io import ensure_dir
 from benchmarks.latency import (
@@ -62,7 +62,7 @@ def _build(model_name: str, weights: str | None):
 
 @click.command("latency")
 @click.argument("model_name", metavar="MODEL")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--device", default="cpu", show_default=True, callback=check_device, help="cpu, cuda or cuda:N.")
 @click.option("--batch", "batch", default=",".join(map(str, DEFAULTS.batch_sizes)),
               show_default=True, help="Comma-separated batch sizes.")
 @click.option("--engine", "engines", multiple=True, type=click.Choice(["masked", "sparse"]),

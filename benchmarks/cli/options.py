@@ -11,6 +11,26 @@ data_root_option = click.option(
     envvar="DYNBENCH_DATA",
     help="Dataset root (default: $DYNBENCH_DATA, then ~/.cache/dynbench, then system folders).",
 )
+def check_device(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> str | None:
+    """`--device`: cpu, cuda or cuda:N, and CUDA only where this machine has it."""
+    if value is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"'{value}' is not a device; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise click.BadParameter(f"'{value}': dynbench runs on cpu or cuda, not {device.type}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"'{value}': CUDA is not available on this machine (torch {torch.__version__}, no GPU found); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise click.BadParameter(f"'{value}': this machine has {torch.cuda.device_count()} GPU(s)")
+    return value
+
+
 device_option = click.option(
-    "--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)."
+    "--device", default=None, callback=check_device, help="cpu, cuda or cuda:N (default: cuda when available)."
 )

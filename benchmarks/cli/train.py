@@ -26,11 +26,13 @@ def train(config: str, quick: bool, overrides: tuple[str, ...], seed: int | None
     from benchmarks.io import ensure_dir
 
     cfg = load_config(find_config(config), quick=quick, overrides=overrides)
-    runs_root = ensure_dir(Path(out) / "runs")
+    runs_root = Path(out) / "runs"  # made once the input has been checked
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
     for s in [seed] if seed is not None else cfg["seeds"]:
         trainer = Trainer(cfg, s, runs_root=runs_root, data_root=data_root, device=device)
-        with trainer.run.lock(log):  # a second process on this run waits, then reuses it
+        trainer.preflight()  # bad input fails here, before any folder exists
+        ensure_dir(runs_root)
+        with trainer.exclusive():  # a second process on this run waits, then reuses it
             problem = trainer.run.completion_problem()
             if problem is None:
                 click.echo(f"run: {trainer.run.path} (finished already: reused)")

@@ -61,7 +61,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise CheckpointError(f"weights file {weights} is missing") from None
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"weights file {weights} cannot be read: {exc}") from exc
-    missing, unexpected = _unwrap(model).load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = _unwrap(model).load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches: weights of another architecture
+        detail = " ".join(str(exc).split())
+        raise CheckpointError(f"weights file {weights} does not fit the model ({detail[:400]})") from None
     if missing or unexpected:
         raise CheckpointError(
             f"weights file {weights} does not fit the model: missing {missing[:5]}, "

@@ -9,6 +9,7 @@ test split: the harness evaluates `test` once, after training (`benchmarks.evalu
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -96,6 +97,7 @@ class Trainer:
         train = self.cfg["train"]
         self.use_amp = bool(train["amp"]) and self.device.type == "cuda"
         self.channels_last = bool(train["channels_last"]) and self.device.type == "cuda"
+        self._prepared: tuple[Any, Any, list[Stage], nn.Module] | None = None
 
     # --- helpers -------------------------------------------------------------------------
     def _to_device(self, images: torch.Tensor, targets: torch.Tensor):
@@ -116,9 +118,12 @@ class Trainer:
         return model
 
     def evaluate(self, model: nn.Module, split_data) -> dict[str, float]:
+        batches = (self._to_device(x, y) for x, y in eval_batches(split_data, self.cfg["train"]["eval_batch_size"]))
+        return self.evaluate_batches(model, batches)
+
+    def evaluate_batches(self, model: nn.Module, batches) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        batches = (self._to_device(x, y) for x, y in eval_batches(split_data, self.cfg["train"]["eval_batch_size"]))
         with torch.no_grad(), self._autocast():
             metrics = self.method.evaluate(distributed.unwrap(model), batches)
         model.train(was_training)
@@ -137,19 +142,61 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train (or resume) the run; return the selection summary. Holds the run folder's
         lock (one process per run) while it trains."""
-        if not self.dist.is_main or self.dist.world_size > 1:
-            return self._fit()
-        with self.run.lock(self.log):
-            return self._fit()
+        prepared = self.preflight()
+        with self.exclusive():
+            return self._fit(*prepared)
 
-    def _fit(self) -> dict[str, Any]:
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """The run folder's lock (one process per run). Under torchrun the ranks of one job
+        share the run and synchronise through barriers, so they take no lock."""
+        return self.run.lock(self.log) if self.dist.world_size == 1 else contextlib.nullcontext()
+
+    def preflight(self) -> tuple[Any, Any, list[Stage], nn.Module]:
+        """Everything the user's input can make fail, before any file is written: the data
+        (present, manifests verified), the stages, the model (its kwargs), the first stage's
+        start (e.g. an init checkpoint or a pruning spec) and the selection metric. `fit`
+        runs it (once: the result is kept)."""
+        if self._prepared is None:
+            self._prepared = self._preflight()
+        return self._prepared
+
+    def _preflight(self) -> tuple[Any, Any, list[Stage], nn.Module]:
         seed_everything(self.seed, self.cfg["deterministic"])
-        if self.dist.is_main:
-            self.run.create(self.cfg, environment_record(self.device, amp=self.use_amp, channels_last=self.channels_last, world_size=self.dist.world_size))
-        distributed.barrier()
         train_data = load_split(self.info.name, "train", self.data_root, options=self.options)
         val_data = load_split(self.info.name, "val", self.data_root, options=self.options)
         stages = self.method.stages()
+        model = self.method.build_model(self.info)
+        if stages:
+            model = self.method.start_stage(model, stages[0], self.info)
+        if any(stage.select for stage in stages):
+            self._check_select_metric(model, val_data)
+        return train_data, val_data, stages, model
+
+    def _check_select_metric(self, model: nn.Module, val_data) -> None:
+        """`select.metric` must be something the epoch log holds: a val metric the method
+        reports (found by evaluating one val batch), a train_* metric, or lr."""
+        key = self.cfg["select"]["metric"]
+        if key.startswith("train_") or key == "lr":
+            return
+        rng = torch.get_rng_state()
+        try:
+            first = next(iter(eval_batches(val_data, min(8, self.cfg["train"]["eval_batch_size"]))))
+            metrics = self.evaluate_batches(self._prepare_model(model), iter([self._to_device(*first)]))
+        finally:
+            torch.set_rng_state(rng)
+        logged = sorted(f"val_{k}" for k in metrics)
+        if key not in logged:
+            from benchmarks.errors import ConfigError
+
+            raise ConfigError(
+                f"{self.cfg.get('source', 'config')}: select.metric '{key}' is not logged by method "
+                f"'{self.cfg['method']}'; it logs {', '.join(logged)} (and train_* metrics)"
+            )
+
+    def _fit(self, train_data, val_data, stages: list[Stage], fresh_model: nn.Module) -> dict[str, Any]:
+        if self.dist.is_main:
+            self.run.create(self.cfg, environment_record(self.device, amp=self.use_amp, channels_last=self.channels_last, world_size=self.dist.world_size))
+        distributed.barrier()
         best_path = self.run.checkpoint_dir / "best"
 
         history: list[dict[str, Any]] = []
@@ -162,20 +209,23 @@ class Trainer:
         if committed is not None:
             resumed_state = load_state(committed / "state.pt")
             model, _ = build_from_checkpoint(committed / "last")
-            publish_best(self.run.checkpoint_dir, committed)  # a kill may have come before it
             history = list(resumed_state["history"])
+            if self.dist.is_main:  # a kill may have come before these were written
+                publish_best(self.run.checkpoint_dir, committed)
+                self._write_log(history)
             best = dict(resumed_state["best"])
             start_stage, start_epoch = resumed_state["stage"], resumed_state["epoch"] + 1
             if start_epoch >= stages[start_stage].epochs:
                 start_stage, start_epoch = start_stage + 1, 0
             self.log(f"[{self.run.path.name}] resuming at stage {start_stage} epoch {start_epoch} from {committed.name}")
         else:
-            model = self.method.build_model(self.info)
+            model = fresh_model  # built and started on stage 0 by the preflight
         select_key, select_mode = self.cfg["select"]["metric"], self.cfg["select"]["mode"]
 
         for stage in stages[start_stage:]:
             resuming_inside = resumed_state is not None and stage.index == start_stage and start_epoch > 0
-            if not resuming_inside:
+            started_by_preflight = resumed_state is None and stage.index == 0
+            if not resuming_inside and not started_by_preflight:
                 model = self.method.start_stage(model, stage, self.info)
             model = self._prepare_model(model)
             ddp_model = distributed.wrap(model, self.device)

@@ -1,0 +1,105 @@
+"""Bad input at the command line: one clear message, exit status 2, no traceback, and no file
+left behind (the output tree is compared before and after)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from benchmarks.cli import main
+
+GOOD = {
+    "name": "tiny",
+    "model": {"name": "digits_cnn", "kwargs": {"widths": [4, 8], "depth": 1}},
+    "dataset": {"name": "digits"},
+    "train": {"epochs": 1, "batch_size": 64},
+}
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def _config(tmp_path: Path, filename: str = "cfg.yaml", **changes) -> Path:
+    path = tmp_path / filename
+    path.write_text(yaml.safe_dump({**GOOD, **changes}))
+    return path
+
+
+def _exit(args: list[str], capsys) -> tuple[int, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def _finished_run(tmp_path: Path) -> Path:
+    out = tmp_path / "finished"
+    main(["train", str(_config(tmp_path, "good.yaml")), "--device", "cpu", "--out", str(out)])
+    return next((out / "runs").iterdir())
+
+
+CASES = {
+    "non-UTF-8 config": (lambda t: ["train", str(_bytes(t, b"name: t\xff\xfe\n"))], "is not UTF-8 text"),
+    "lr .nan": (lambda t: ["train", str(_config(t)), "--set", "train.optimizer.lr=.nan"], "train.optimizer.lr must be a finite number > 0, got nan"),
+    "lr -1.0": (lambda t: ["train", str(_config(t)), "--set", "train.optimizer.lr=-1.0"], "got -1.0"),
+    "unknown optimizer": (lambda t: ["train", str(_config(t)), "--set", "train.optimizer.name=sgdd"], "train.optimizer.name must be one of"),
+    "unknown scheduler": (lambda t: ["train", str(_config(t)), "--set", "train.scheduler.name=cosin"], "train.scheduler.name must be one of"),
+    "bad model kwargs": (lambda t: ["train", str(_config(t, model={"name": "digits_cnn", "kwargs": {"depthh": 2}}))], "key 'model.kwargs' does not fit model 'digits_cnn'"),
+    "unlogged select metric": (lambda t: ["train", str(_config(t, select={"metric": "val_acc"}))], "select.metric 'val_acc' is not logged by method 'supervised'; it logs val_accuracy, val_loss"),
+    "run name escapes --out": (lambda t: ["train", str(_config(t, name="../../../escaped_run"))], "no '/' or '..'"),
+    "missing config file": (lambda t: ["train", str(t / "nonexistent" / "cfg.yaml")], "does not exist"),
+    "device tpu": (lambda t: ["train", str(_config(t)), "--device", "tpu"], "not a device; use cpu, cuda or cuda:N"),
+    "malformed run config": (lambda t: ["eval", str(_damaged_run(t))], "is malformed"),
+    "weights of another architecture": (lambda t: ["eval", str(_swapped_weights(t))], "does not fit the model"),
+    "reproduce unknown suite": (lambda t: ["reproduce", "quik", "--out", str(t / "out")], "unknown suite 'quik'. Did you mean: quick"),
+}
+
+
+def _bytes(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(data)
+    return path
+
+
+def _damaged_run(tmp_path: Path) -> Path:
+    run = _finished_run(tmp_path)
+    (run / "config.yaml").write_text("name: [unclosed\n")
+    return run
+
+
+def _swapped_weights(tmp_path: Path) -> Path:
+    run = _finished_run(tmp_path)
+    other = tmp_path / "other"
+    main(["train", str(_config(tmp_path, "other.yaml", name="wide", model={"name": "digits_cnn", "kwargs": {"widths": [6, 8], "depth": 1}})),
+          "--device", "cpu", "--out", str(other), "--no-eval"])  # fmt: skip
+    wide = next((other / "runs").iterdir())
+    (run / "checkpoints" / "best.safetensors").write_bytes((wide / "checkpoints" / "best.safetensors").read_bytes())
+    return run
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_gets_one_message_exit_2_no_traceback_no_files(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    build, message = CASES[case]
+    args = build(tmp_path)
+    capsys.readouterr()
+    before = _tree(tmp_path)
+    code, output = _exit(args, capsys)
+    assert code == 2, output
+    assert message in output, output
+    assert "Traceback" not in output
+    assert _tree(tmp_path) == before, f"{case} left files behind"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_refused(tmp_path, capsys):
+    code, output = _exit(["train", str(_config(tmp_path)), "--device", "cuda"], capsys)
+    assert code == 2 and "CUDA is not available on this machine" in output
+    assert not (tmp_path / "results").exists()
