@@ -19,9 +19,32 @@ from typing import Any
 from benchmarks.errors import OutputError
 
 
+def check_writable(path: str | os.PathLike) -> Path:
+    """Raise `OutputError` unless folder `path` exists and is writable or could be created
+    (its nearest existing parent is a writable folder). Creates nothing."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"output folder '{path}' is a symbolic link to '{os.readlink(path)}', which does not exist")
+    if path.exists():
+        if not path.is_dir():
+            raise OutputError(f"output folder '{path}' exists and is not a folder")
+        if not os.access(path, os.W_OK):
+            raise OutputError(f"output folder '{path}' is not writable")
+        return path
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        if parent.is_symlink():
+            raise OutputError(f"output folder '{path}': '{parent}' is a symbolic link to '{os.readlink(parent)}', which does not exist")
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot create output folder '{path}': '{parent}' is not a writable folder")
+    return path
+
+
 def ensure_dir(path: str | os.PathLike) -> Path:
     """Create `path` (and parents) or raise `OutputError` naming it."""
     path = Path(path)
+    check_writable(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -541,6 +541,10 @@ def realization_ratio(
 # --------------------------------------------------------------------------------------------
 
 
+#: the largest batch the harness builds (in memory, from the sample set)
+MAX_BATCH = 8192
+
+
 @dataclass(frozen=True)
 class LatencyConfig:
     """How to measure. Defaults are tuned to give a repeatable median on a busy 2-core CPU.
@@ -568,6 +572,15 @@ class LatencyConfig:
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
             raise ConfigError(f"batch sizes must be positive integers, got {self.batch_sizes}")
+        if max(self.batch_sizes) > MAX_BATCH:
+            raise ConfigError(f"batch size {max(self.batch_sizes):,} is too large: at most {MAX_BATCH:,} (a batch is built in memory from the sample set)")
+        for name in ("warmup_s", "min_time_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number of seconds >= 0, got {value}")
+        for name in ("repeats", "warmup_iters", "retries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.dtype not in DTYPES:

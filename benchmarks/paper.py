@@ -873,12 +873,17 @@ def load_published(path: str | Path | None = None) -> pd.DataFrame:
     import pandas as pd
 
     path = Path(path) if path is not None else DEFAULT_PUBLISHED
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"published numbers '{path}' is not a regular file (a folder or a device?)")
     if not path.is_file():
         raise DataNotFoundError(
             f"published numbers '{path}' not found; build it with "
             "`python -m benchmarks.paper build`, or pass path="
         )
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ConfigError(f"published numbers '{path}' is not a CSV ({type(exc).__name__})") from None
     if list(raw.columns) != list(COLUMNS):
         missing = [c for c in COLUMNS if c not in raw.columns]
         extra = [c for c in raw.columns if c not in COLUMNS]

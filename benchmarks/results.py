@@ -75,9 +75,11 @@ def write_results(rows: Iterable[dict[str, Any]] | pd.DataFrame, path: str | os.
 def read_results(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"results file '{path}' does not exist") from None
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ConfigError(f"results file '{path}' is not a CSV of result rows ({type(exc).__name__})") from None
     missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
     if missing:
         raise ConfigError(f"results file '{path}' lacks columns: {', '.join(missing)}")

@@ -147,9 +147,18 @@ class RunFolder:
 
     # --- state ----------------------------------------------------------------------------
     def create(self, run_cfg: dict[str, Any], environment: dict[str, Any]) -> RunFolder:
+        text = yaml.safe_dump(run_cfg, sort_keys=True)
+        if self.config_file.is_file():
+            existing = self.config_file.read_text(encoding="utf-8", errors="replace")
+            if existing != text:
+                raise ConfigError(
+                    f"run folder '{self.path}' holds a different config.yaml (written by another "
+                    "dynbench version, or edited); refusing to reuse or overwrite it. Move it "
+                    "away, or write to another --out"
+                )
         ensure_dir(self.path)
         ensure_dir(self.checkpoint_dir)
-        atomic_write_text(self.config_file, yaml.safe_dump(run_cfg, sort_keys=True))
+        atomic_write_text(self.config_file, text)
         atomic_write_json(self.environment_file, environment)
         return self
 

@@ -15,6 +15,11 @@ import click
 from benchmarks import __version__
 from benchmarks.errors import DynbenchError
 
+RESUME_HINT = (
+    "interrupted. Finished epochs are kept: running the same command again resumes from the "
+    "last one, to the same result."
+)
+
 COMMANDS: dict[str, str] = {
     "check": "benchmarks.cli.check:check",
     "cost": "benchmarks.cli.cost:cost",
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="dynbench", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        click.echo(RESUME_HINT, err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
@@ -77,5 +82,5 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        click.echo(RESUME_HINT, err=True)
         sys.exit(130)

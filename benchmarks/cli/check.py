@@ -14,12 +14,12 @@ numbers moved, 2 on bad input (nothing written then).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from benchmarks.errors import ConfigError, OutputError
+from benchmarks.errors import ConfigError
+from benchmarks.io import check_writable
 
 
 def _config_path(name: str, config_dir: Path | None) -> Path:
@@ -53,14 +53,6 @@ def _load_configs(names: tuple[str, ...], config_dir: str | None) -> list[dict]:
     return configs
 
 
-def _check_writable(folder: Path) -> None:
-    parent = folder if folder.exists() else folder.parent
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"--goldens '{folder}' exists and is not a folder")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OutputError(f"--goldens '{folder}': cannot write there ({parent} is missing or not writable)")
-
-
 @click.group("check")
 def check() -> None:
     """Record and verify inference goldens of experiments (yours or dynbench's)."""
@@ -78,7 +70,7 @@ def record(configs: tuple[str, ...], goldens_dir: str, config_dir: str | None) -
 
     folder = Path(goldens_dir)
     loaded = _load_configs(configs, config_dir)
-    _check_writable(folder)
+    check_writable(folder)
     torch.set_num_threads(1)  # the recording machine's threads do not matter; one is steadiest
     recordings = []
     for cfg in loaded:
@@ -103,7 +95,7 @@ def verify(configs: tuple[str, ...], goldens_dir: str, config_dir: str | None, j
 
     names = [cfg["name"] for cfg in _load_configs(configs, config_dir)] if configs else None
     if junit_xml:
-        _check_writable(Path(junit_xml).parent if str(Path(junit_xml).parent) else Path("."))
+        check_writable(Path(junit_xml).parent if str(Path(junit_xml).parent) else Path("."))
     results, times = verify_folder(goldens_dir, names, log=lambda line: click.echo(line, err=True))
     if junit_xml:
         write_junit(junit_xml, "dynbench check", results, times)

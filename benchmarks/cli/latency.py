@@ -14,7 +14,7 @@ import click
 
 from benchmarks.cli.options import check_device, data_root_option
 from benchmarks.errors import ConfigError
-from benchmarks.io import ensure_dir
+from benchmarks.io import check_writable, ensure_dir
 from benchmarks.latency import (
     COMPILE_MODES,
     DEFAULT_SAMPLE_COUNT,
@@ -157,7 +157,7 @@ def latency(
     )
     default_out = Path("results") / "latency" / f"{model_name}-{device.replace(':', '')}"
     out_dir = Path(out) if out else default_out
-    ensure_dir(out_dir)  # fail on an unwritable folder before minutes of measurement
+    check_writable(out_dir)  # fail on an unwritable folder before minutes of measurement
 
     model = _build(model_name, weights)
     static = None
@@ -184,7 +184,7 @@ def latency(
             engines=engines or None, rounds=rounds, progress=None,
         )
         measurements = realization.static + realization.dynamic
-    summary = write_measurements(out_dir, measurements)
+    summary = write_measurements(ensure_dir(out_dir), measurements)
     rows = [m.row for m in measurements]
 
     click.echo(format_table(rows))

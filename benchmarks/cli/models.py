@@ -30,5 +30,9 @@ def models(pattern: str, kind: str | None) -> None:
     if failed:
         raise SystemExit(2)
     if not names:
-        click.echo(f"no registered model matches '{pattern}'", err=True)
+        import difflib
+
+        close = difflib.get_close_matches(pattern, list_models(kind=kind), n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        click.echo(f"no registered model matches '{pattern}'.{hint}", err=True)
         raise SystemExit(1)

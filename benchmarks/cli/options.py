@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import click
 
+
+def check_data_root(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An explicit --data-root must exist: falling back to another copy of the data without a
+    word would measure something else than the user asked for."""
+    from pathlib import Path
+
+    if value is not None and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE:
+        if not Path(value).expanduser().is_dir():
+            raise click.BadParameter(f"'{value}' does not exist or is not a folder")
+    return value
+
+
 data_root_option = click.option(
     "--data-root",
     type=click.Path(file_okay=False),
     default=None,
     envvar="DYNBENCH_DATA",
+    callback=check_data_root,
     help="Dataset root (default: $DYNBENCH_DATA, then ~/.cache/dynbench, then system folders).",
 )
 def check_device(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> str | None:

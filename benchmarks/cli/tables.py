@@ -48,6 +48,10 @@ def tables(suite: str, check: bool, out: str, tolerance_acc: float, rows_file: s
     click.echo("tables:")
     for path in report.files:
         click.echo(f"  {path}")
+    if check and report.reproduced() == 0:
+        click.echo(f"check failed: nothing to check: no published number of suite '{suite}' was reproduced "
+                   f"({report.rows} result row(s), {total} published number(s) mapped)", err=True)  # fmt: skip
+        sys.exit(1)
     if check and len(report.failures):
         click.echo(f"check failed: {len(report.failures)} reproduced number(s) drifted ({STATUS_DRIFT})", err=True)
         sys.exit(1)
@@ -65,9 +69,15 @@ def tables(suite: str, check: bool, out: str, tolerance_acc: float, rows_file: s
 @click.option("--no-published", is_flag=True, help="Leave the published points out.")
 def figures(suite: str, out: str, tables_dir: str, latency_files: tuple[str, ...], no_published: bool) -> None:
     """Accuracy vs MACs (and vs measured latency) figures of SUITE, as PNG and SVG."""
+    from pathlib import Path
+
+    from benchmarks.errors import ConfigError
     from benchmarks.figures import make_figures
     from benchmarks.tables import suite_published, suite_rows
 
+    for path in latency_files:  # named explicitly: a missing one is a mistake, not a skip
+        if not Path(path).is_file():
+            raise ConfigError(f"--latency '{path}' does not exist")
     rows = suite_rows(suite, tables_dir)
     published = None if no_published else suite_published(suite)
     paths = make_figures(suite, rows, out, published=published, latency_files=latency_files or None)

@@ -82,6 +82,8 @@ class DatasetOptions:
         if not isinstance(data, TensorSplit):
             return _Transformed(data, self, split)
         images, targets = data.images, data.targets
+        if split == "train":
+            self._check_subset(len(targets))
         if self.train_subset and split == "train" and self.train_subset < len(targets):
             _, keep = stratified_holdout(targets.numpy(), int(self.train_subset), SUBSET_SEED)
             index = torch.from_numpy(np.sort(keep))
@@ -89,6 +91,13 @@ class DatasetOptions:
         images = self._pad(images, data.info)
         targets = self._relabel(targets)
         return TensorSplit(images, targets, self.info(data.info), split, data.transform)
+
+    def _check_subset(self, available: int) -> None:
+        if self.train_subset and self.train_subset > available:
+            raise ConfigError(
+                f"key 'dataset.options.train_subset' is {self.train_subset:,}, but the training "
+                f"split has only {available:,} images"
+            )
 
     def _pad(self, images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
         if not self.pad_to:
@@ -115,6 +124,8 @@ class _Transformed(Dataset):
         base_info = getattr(data, "info", None)
         self.info = options.info(base_info) if base_info is not None else None
         self.index = list(range(len(data)))  # type: ignore[arg-type]
+        if split == "train":
+            options._check_subset(len(self.index))
         if options.train_subset and split == "train" and options.train_subset < len(self.index):
             rng = np.random.default_rng(SUBSET_SEED)
             self.index = sorted(rng.choice(len(self.index), options.train_subset, replace=False).tolist())

@@ -59,7 +59,34 @@ CASES = {
     "malformed run config": (lambda t: ["eval", str(_damaged_run(t))], "is malformed"),
     "weights of another architecture": (lambda t: ["eval", str(_swapped_weights(t))], "does not fit the model"),
     "reproduce unknown suite": (lambda t: ["reproduce", "quik", "--out", str(t / "out")], "unknown suite 'quik'. Did you mean: quick"),
+    "latency --batch 100000000": (lambda t: ["latency", "digits_cnn", "--batch", "1,100000000"], "batch size 100,000,000 is too large"),
+    "latency --warmup-s nan": (lambda t: ["latency", "digits_cnn", "--warmup-s", "nan"], "--warmup-s must be a finite number of seconds"),
+    "latency --min-time-s inf": (lambda t: ["latency", "digits_cnn", "--min-time-s", "inf"], "--min-time-s must be a finite number of seconds"),
+    "latency weights of another architecture": (lambda t: ["latency", "digits_cnn", "--weights", str(_finished_run(t) / "checkpoints" / "best.safetensors")], "does not fit the model"),
+    "tables --rows on a binary file": (lambda t: ["tables", "--suite", "quick", "--rows", str(_bytes(t, bytes(range(256)) * 8)), "--out", str(t / "tables")], "is not a CSV of result rows"),
+    "tables --published /dev/null": (lambda t: ["tables", "--suite", "baselines", "--published", "/dev/null", "--out", str(t / "tables")], "is not a regular file"),
+    "nonexistent --data-root": (lambda t: ["train", str(_config(t)), "--data-root", str(t / "no_data_here")], "does not exist or is not a folder"),
+    "train_subset larger than the split": (lambda t: ["train", str(_config(t, dataset={"name": "digits", "options": {"train_subset": 1000000}}))], "but the training split has only"),
+    "dangling --out symlink": (lambda t: ["train", str(_config(t)), "--out", str(_dangling(t))], "is a symbolic link to"),
+    "figures --latency missing file": (lambda t: ["figures", "--suite", "quick", "--latency", str(t / "none.csv"), "--out", str(t / "figs")], "--latency"),
+    "run folder with another config": (lambda t: ["train", str(_foreign_run(t)), "--out", str(t / "foreign")], "holds a different config.yaml"),
 }
+
+
+def _dangling(tmp_path: Path) -> Path:
+    link = tmp_path / "out_link"
+    link.symlink_to(tmp_path / "gone")
+    return link
+
+
+def _foreign_run(tmp_path: Path) -> Path:
+    """A run folder whose config.yaml a newer dynbench wrote (an extra key)."""
+    config = _config(tmp_path, "foreign.yaml")
+    main(["train", str(config), "--device", "cpu", "--out", str(tmp_path / "foreign"), "--no-eval"])
+    run = next((tmp_path / "foreign" / "runs").iterdir())
+    (run / "complete.json").unlink(missing_ok=True)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text() + "future_key: 1\n")
+    return config
 
 
 def _bytes(tmp_path: Path, data: bytes) -> Path:
@@ -96,6 +123,31 @@ def test_bad_input_gets_one_message_exit_2_no_traceback_no_files(case, tmp_path,
     assert message in output, output
     assert "Traceback" not in output
     assert _tree(tmp_path) == before, f"{case} left files behind"
+
+
+def test_tables_check_with_nothing_reproduced_fails(tmp_path, capsys):
+    empty = tmp_path / "rows.csv"
+    from benchmarks.results import RESULT_COLUMNS
+
+    empty.write_text(",".join(RESULT_COLUMNS) + "\n")
+    code, output = _exit(["tables", "--suite", "quick", "--rows", str(empty), "--out", str(tmp_path / "t"), "--check"], capsys)
+    assert code == 1 and "nothing to check" in output
+
+
+def test_a_model_name_typo_gets_a_suggestion(capsys):
+    code, output = _exit(["models", "resnet2O"], capsys)
+    assert code == 1 and "Did you mean: resnet20" in output or "Did you mean:" in output
+
+
+def test_an_interrupt_says_that_running_again_resumes(monkeypatch, capsys):
+    from benchmarks import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.cli, "main", interrupted)
+    code, output = _exit(["train", "x"], capsys)
+    assert code == 130 and "running the same command again resumes" in output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
