@@ -88,7 +88,11 @@ def _confirm_dispatch(cell: Cell) -> str:
     return out.stdout.strip()
 
 
-def run_matrix(tiers: Sequence[str], jobs: int = 2, timeout: float = 900, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def _say(line: str) -> None:
+    print(line, flush=True)  # one line per cell as it ends, also when stdout is a pipe (CI)
+
+
+def run_matrix(tiers: Sequence[str], jobs: int = 1, timeout: float = 900, log: Callable[[str], None] = _say) -> list[dict[str, Any]]:
     """Check `tiers` in every cell; one result dict per cell."""
     matrix = cells()
     tier_args = [a for t in tiers for a in ("--tier", t)]
@@ -112,7 +116,7 @@ def markdown_table(results: Sequence[dict[str, Any]], tiers: Sequence[str]) -> s
     return "\n".join(lines)
 
 
-def measure_bands(seeds: int = 3, jobs: int = 2, log: Callable[[str], None] = print) -> dict[str, Any]:
+def measure_bands(seeds: int = 3, jobs: int = 1, log: Callable[[str], None] = _say) -> dict[str, Any]:
     """Run every training check in every cell for `seeds` seeds; the training-checks golden."""
     from benchmarks.goldens import training
 

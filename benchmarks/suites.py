@@ -43,6 +43,24 @@ def load_suites() -> dict[str, dict[str, Any]]:
     return data
 
 
+def tracked_outputs(out: Path, suite: str) -> list[str]:
+    """The files `reproduce` would write for `suite` under `out` (its tables and figures) that
+    git tracks: the reference results of a checkout. Empty outside a git work tree."""
+    import subprocess
+
+    anchor = out.resolve()
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    specs = [str(out.resolve() / "tables" / f"{suite}.*"), str(out.resolve() / "tables" / f"{suite}_*"),
+             str(out.resolve() / "figures" / f"{suite}_*")]  # fmt: skip
+    try:
+        found = subprocess.run(["git", "-C", str(anchor), "ls-files", "--full-name", "--", *specs],
+                               capture_output=True, text=True, timeout=30)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return found.stdout.split() if found.returncode == 0 else []
+
+
 def suite_members(suite: str, suites: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """`suite` and, recursively, the suites it includes (each once, in order)."""
     suites = load_suites() if suites is None else suites
@@ -94,6 +112,7 @@ def reproduce(
     quick: bool | None = None,
     device: str | None = None,
     log=None,
+    update_reference: bool = False,
 ) -> SuiteReport:
     from benchmarks.engine import Trainer
     from benchmarks.evaluation import finalize_run
@@ -108,6 +127,14 @@ def reproduce(
         load_config(find_config(name), quick=suite_quick if quick is None else quick)
         for name, suite_quick in experiments
     ]
+    tracked = tracked_outputs(Path(out), suite)
+    if tracked and not update_reference:
+        shown = ", ".join(tracked[:3]) + (", ..." if len(tracked) > 3 else "")
+        raise ConfigError(
+            f"reproducing '{suite}' into '{out}' would overwrite {len(tracked)} reference file(s) "
+            f"tracked in this checkout ({shown}); write elsewhere with --out DIR, or pass "
+            "--update-reference to regenerate the reference on purpose"
+        )
     out = ensure_dir(out)
     runs_root = ensure_dir(out / "runs")
     tables_dir = ensure_dir(out / "tables")

@@ -161,6 +161,12 @@ def cost(
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    if out is not None:  # before minutes of counting, not after
+        from benchmarks.io import check_writable
+
+        if Path(out).is_dir():
+            raise ConfigError(f"--out '{out}' is a folder; give the CSV file to write")
+        check_writable(Path(out).parent if str(Path(out).parent) else Path("."))
     data = load_split(dataset, split, data_root)
     model = build_model(model_name, dataset, weights)
     if weights is None and is_dynamic(model):

@@ -12,13 +12,15 @@ from benchmarks.cli.options import data_root_option, device_option
 @click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False), help="Where runs/ and tables/ go.")
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Run seeds 0..N-1 (mean ± std); default: each config's seeds.")
 @click.option("--full/--quick", "full", default=None, help="Force full-size or quick-size configs (default: the suite's setting).")
+@click.option("--update-reference", is_flag=True, help="Allow overwriting reference tables and figures tracked in this checkout.")
 @data_root_option
 @device_option
-def reproduce(suite: str, out: str, seeds: int | None, full: bool | None, data_root: str | None, device: str | None) -> None:
+def reproduce(suite: str, out: str, seeds: int | None, full: bool | None, update_reference: bool, data_root: str | None, device: str | None) -> None:
     """Reproduce SUITE (quick, baselines, d2nn, lcnet, all): train, evaluate, write tables."""
     from benchmarks.suites import reproduce as run_suite
 
-    report = run_suite(suite, out=out, data_root=data_root, seeds=seeds, quick=None if full is None else not full, device=device)
+    report = run_suite(suite, out=out, data_root=data_root, seeds=seeds, quick=None if full is None else not full, device=device,
+                       update_reference=update_reference)  # fmt: skip
     click.echo(f"suite '{suite}': {report.trained} run(s) trained, {report.reused} reused, {report.seconds:.0f}s")
     click.echo("runs:")
     for path in report.runs:

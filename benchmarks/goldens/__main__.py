@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--architectures", action="store_true", help="re-count the architectures too")
     p = sub.add_parser("measure", help="re-measure the training bands over the kernel matrix")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=1, help="cells at once (two cells of two threads on two cores slow each other down)")
     p = sub.add_parser("values", help="(internal) one seed's training-check values as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", required=True)

@@ -69,6 +69,7 @@ CASES = {
     "train_subset larger than the split": (lambda t: ["train", str(_config(t, dataset={"name": "digits", "options": {"train_subset": 1000000}}))], "but the training split has only"),
     "dangling --out symlink": (lambda t: ["train", str(_config(t)), "--out", str(_dangling(t))], "is a symbolic link to"),
     "figures --latency missing file": (lambda t: ["figures", "--suite", "quick", "--latency", str(t / "none.csv"), "--out", str(t / "figs")], "--latency"),
+    "cost --out cannot be written": (lambda t: ["cost", "digits_cnn", "--dataset", "digits", "--out", str(_dangling(t) / "cost.csv")], "symbolic link"),
     "run folder with another config": (lambda t: ["train", str(_foreign_run(t)), "--out", str(t / "foreign")], "holds a different config.yaml"),
 }
 

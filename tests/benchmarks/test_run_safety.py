@@ -93,3 +93,28 @@ def test_two_processes_on_one_run_train_it_once(tmp_path):
     logs = "".join(out + err for out, err in outputs)
     assert logs.count("train epoch 3/3") == 1, "the run was trained twice"
     assert "finished already: reused" in logs
+
+
+def test_the_main_job_does_not_overwrite_tracked_reference_results(tmp_path, capsys):
+    """In a checkout, `reproduce` refuses to overwrite the suite's tracked tables or figures
+    unless asked to (--update-reference), and names them; untracked outputs are fine."""
+    from benchmarks.cli import main
+    from benchmarks.suites import tracked_outputs
+
+    repo = tmp_path / "checkout"
+    (repo / "results" / "tables").mkdir(parents=True)
+    (repo / "results" / "tables" / "quick.md").write_text("reference\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "results/tables/quick.md"], check=True)
+    assert tracked_outputs(repo / "results", "quick") == ["results/tables/quick.md"]
+    assert tracked_outputs(repo / "other", "quick") == [] and tracked_outputs(tmp_path / "elsewhere", "quick") == []
+    before = sorted(p.name for p in repo.rglob("*") if ".git" not in p.parts)
+    try:
+        main(["reproduce", "quick", "--out", str(repo / "results")])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and "would overwrite 1 reference file(s)" in err and "results/tables/quick.md" in err
+    assert "--update-reference" in err
+    assert sorted(p.name for p in repo.rglob("*") if ".git" not in p.parts) == before
