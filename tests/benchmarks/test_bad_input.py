@@ -70,6 +70,8 @@ CASES = {
     "dangling --out symlink": (lambda t: ["train", str(_config(t)), "--out", str(_dangling(t))], "is a symbolic link to"),
     "figures --latency missing file": (lambda t: ["figures", "--suite", "quick", "--latency", str(t / "none.csv"), "--out", str(t / "figs")], "--latency"),
     "cost --out cannot be written": (lambda t: ["cost", "digits_cnn", "--dataset", "digits", "--out", str(_dangling(t) / "cost.csv")], "symbolic link"),
+    "bad method_args.init": (lambda t: ["train", str(_config(t, method="l1_filter", method_args={"init": str(t / "no_such_run")}))], "method_args.init: no checkpoint at"),
+    "missing CIFAR": (lambda t: ["train", str(_config(t, model={"name": "cifar_resnet20"}, dataset={"name": "cifar10"}))], "dataset 'cifar10' was not found"),
     "run folder with another config": (lambda t: ["train", str(_foreign_run(t)), "--out", str(t / "foreign")], "holds a different config.yaml"),
 }
 
