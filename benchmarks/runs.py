@@ -9,8 +9,8 @@
         results.csv        the tidy result rows of this run
         complete.json      written last: the sha256 of every file above that a result needs
 
-The same config, on the same kind of device with the same CPU thread count (summation order,
-and so the numbers, depend on both), always maps to the same folder, so a finished run is
+The same config, on the same kind of device with the same CPU thread count and kernel
+capability (summation order, and so the numbers, depend on them), always maps to the same folder, so a finished run is
 reused and an interrupted one is resumed. A run is finished only when `complete.json` exists
 and every file it names still has its recorded sha256.
 """
@@ -45,11 +45,14 @@ def single_seed_config(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def execution_identity(device: Any = None) -> dict[str, Any]:
     """What besides the config changes a run's numbers: the device type and, on the CPU, the
-    intra-op thread count (it changes summation order)."""
+    intra-op thread count (it changes summation order) and the kernels ATen dispatches to
+    (`ATEN_CPU_CAPABILITY`: default, avx2, avx512)."""
     import torch
 
     kind = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type
-    return {"device": kind, "threads": torch.get_num_threads()} if kind == "cpu" else {"device": kind}
+    if kind != "cpu":
+        return {"device": kind}
+    return {"device": kind, "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 _HELD: dict[Path, int] = {}  # run folders this process holds the lock of (re-entrant)

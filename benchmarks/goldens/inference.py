@@ -375,6 +375,20 @@ def records_in(directory: str | os.PathLike, names: Iterable[str] | None = None)
     return found
 
 
+def _confined(directory: Path, relative: Any, name: str, what: str) -> Path:
+    """A file a golden record names, inside the golden's folder (a record is data a user may
+    receive from elsewhere: it must not make dynbench read outside its folder)."""
+    from benchmarks.errors import OutputError
+    from benchmarks.io import confined_path
+
+    if not isinstance(relative, str) or not relative:
+        raise GoldenFileError(f"golden '{name}': field '{what}.file' is missing")
+    try:
+        return confined_path(directory, relative)
+    except OutputError:
+        raise GoldenFileError(f"golden '{name}': its {what} file '{relative}' is outside the goldens folder '{directory}'") from None
+
+
 def _load_tensors(path: Path, what: str, name: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -394,7 +408,7 @@ def verify_record(doc: dict[str, Any], directory: str | os.PathLike) -> list[Mis
     name, directory = doc["name"], Path(directory)
     if not is_model(doc["model"]):
         return [Mismatch(name, "model", doc["model"], "not registered", "the model id must still exist")]
-    inputs_path = directory / doc["inputs"]["file"]
+    inputs_path = _confined(directory, doc["inputs"].get("file"), name, "inputs")
     if doc["inputs"].get("sha256") and inputs_path.is_file() and sha256_file(inputs_path) != doc["inputs"]["sha256"]:
         raise GoldenFileError(f"golden '{name}': inputs file '{inputs_path}' does not match its recorded sha256")
     images = _load_tensors(inputs_path, "inputs", name)["images"]
@@ -409,7 +423,7 @@ def verify_record(doc: dict[str, Any], directory: str | os.PathLike) -> list[Mis
             return [Mismatch(name, "generated weights sha256", weights.get("sha256"), state_sha256(state),
                              "the weight generator or the parameter shapes changed")]  # fmt: skip
     else:
-        state = _load_tensors(directory / str(weights.get("file")), "weights", name)
+        state = _load_tensors(_confined(directory, weights.get("file"), name, "weights"), "weights", name)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

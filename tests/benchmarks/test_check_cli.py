@@ -76,3 +76,14 @@ def test_record_refuses_bad_input_before_writing(tmp_path, capsys):
     assert _run(["check", "record", "x", "--config-dir", str(tmp_path / "missing"), "--goldens", str(goldens)]) == 2
     assert "--config-dir" in capsys.readouterr().err
     assert not goldens.exists()
+
+
+def test_a_golden_naming_a_file_outside_its_folder_is_refused(recorded, tmp_path, capsys):
+    bad = tmp_path / "escape"
+    bad.mkdir()
+    doc = json.loads((recorded / "digits_cnn.json").read_text())
+    doc["weights"]["file"] = "../../../etc/passwd"
+    (bad / "digits_cnn.json").write_text(json.dumps(doc))
+    (bad / "digits_cnn.inputs.safetensors").write_bytes((recorded / "digits_cnn.inputs.safetensors").read_bytes())
+    assert _run(["check", "verify", "--goldens", str(bad)]) == 2
+    assert "is outside the goldens folder" in capsys.readouterr().err

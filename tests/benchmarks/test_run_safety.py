@@ -67,6 +67,15 @@ def test_the_thread_count_and_device_are_part_of_the_run_identity():
     assert RunFolder.for_config(cfg, "runs", "cuda") not in (one, two)
 
 
+def test_the_cpu_kernel_capability_is_part_of_the_run_identity(monkeypatch):
+    cfg = single_seed_config(resolve_config(TINY), 0)
+    names = set()
+    for capability in ("AVX2", "AVX512"):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        names.add(RunFolder.for_config(cfg, "runs", "cpu").path.name)
+    assert len(names) == 2
+
+
 def test_the_run_lock_is_reentrant_and_released(tmp_path):
     with run_lock(tmp_path / "run"), run_lock(tmp_path / "run"):
         assert "process" in (tmp_path / "run" / ".lock").read_text()
