@@ -18,6 +18,7 @@ from benchmarks.data import load_split
 from benchmarks.engine import get_method, load_selected_model
 from benchmarks.engine.batches import eval_batches
 from benchmarks.environment import environment_hash, environment_record
+from benchmarks.protocol import budget_or_none, protocol_of_config
 from benchmarks.registry import get_model_spec
 from benchmarks.results import make_row, write_results
 from benchmarks.runs import RunFolder
@@ -49,6 +50,8 @@ def _finalize(run: RunFolder, data_root: str | os.PathLike | None, cost: bool) -
     batch = cfg["train"]["eval_batch_size"]
     spec = get_model_spec(model.arch_config["name"])
     env = environment_record("cpu")
+    protocol = protocol_of_config(cfg)
+    budget = budget_or_none(cfg)
     metrics: dict[str, Any] = {"selected": _selected(run), "splits": {}}
     rows = []
     for split in ("val", "test"):
@@ -66,6 +69,8 @@ def _finalize(run: RunFolder, data_root: str | os.PathLike | None, cost: bool) -
                 method=cfg["method"],
                 variant=spec.variant,
                 dataset=dataset,
+                protocol=protocol.id,
+                budget_images=budget,
                 split=split,
                 seed=cfg["seed"],
                 accuracy=split_metrics.get("accuracy"),

@@ -71,10 +71,23 @@ def dataset_metric(dataset: str) -> str:
         return "accuracy"
 
 
+def _plain_protocol(protocol: str, dataset: str) -> bool:
+    """Whether `protocol` is the dataset's own inputs (no dataset options): the protocol its
+    published numbers were measured under, as far as this suite can tell."""
+    if not protocol:
+        return True
+    from benchmarks.protocol import protocol_of
+
+    try:
+        return protocol_of(dataset).id == protocol
+    except Exception:  # a dataset without a manifest here: nothing to match
+        return False
+
+
 def operating_points(rows: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """One row per experiment on `split`: mean executed MACs and the dataset's score (`score`:
     top-1 accuracy, or the F-score where the dataset reports one), mean and std over seeds."""
-    columns = ["experiment", "model", "kind", "method", "dataset", "metric", "run_dirs", "seeds",
+    columns = ["experiment", "model", "kind", "method", "dataset", "protocol", "metric", "run_dirs", "seeds",
                "score", "score_std", "accuracy", "macs"]  # fmt: skip
     if rows is None or rows.empty:
         return pd.DataFrame(columns=columns)
@@ -86,7 +99,9 @@ def operating_points(rows: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     sel = sel[sel["score"].notna()]
     if sel.empty:
         return pd.DataFrame(columns=columns)
-    keys = ["experiment", "model", "kind", "method", "dataset", "metric"]
+    keys = ["experiment", "model", "kind", "method", "dataset", "protocol", "metric"]
+    if "protocol" not in sel:
+        sel["protocol"] = ""
     for k in keys:
         sel[k] = sel[k].astype("string").fillna("")
 
@@ -393,19 +408,31 @@ def make_figures(
     out = Path(out)
     points = operating_points(rows)
     published = published_points(published)
-    datasets = sorted(set(points["dataset"]) | set(published["dataset"]))
     paths: list[Path] = []
-    for dataset in datasets:
-        series = reproduced_series(points[points["dataset"] == dataset])
-        series += published_series(published[published["dataset"] == dataset])
+    # One figure per protocol (PROTOCOL.md §1): rows of two protocols never share axes. Published
+    # points join the figure of their dataset's protocol without options (the papers' inputs),
+    # or a figure of their own when no reproduced row is measured that way.
+    panels: list[tuple[str, str, pd.DataFrame, pd.DataFrame]] = []
+    for dataset in sorted(set(points["dataset"]) | set(published["dataset"])):
+        mine = points[points["dataset"] == dataset]
+        theirs = published[published["dataset"] == dataset]
+        protocols = sorted(set(mine["protocol"]))
+        plain = next((p for p in protocols if _plain_protocol(p, dataset)), None)
+        for protocol in protocols:
+            panels.append((dataset, protocol, mine[mine["protocol"] == protocol], theirs if protocol == plain else theirs.iloc[0:0]))
+        if plain is None and not theirs.empty:
+            panels.append((dataset, "", mine.iloc[0:0], theirs))
+    for dataset, protocol, mine, theirs in panels:
+        series = reproduced_series(mine) + published_series(theirs)
         if not series:
             continue
         only_published = all(s.kind == "published" for s in series)
-        score, ylabel = _score_names(points[points["dataset"] == dataset])
+        score, ylabel = _score_names(mine)
+        label = protocol or dataset
         paths += draw(
             series,
-            out / f"{_slug(suite)}_accuracy_vs_macs_{_slug(dataset)}",
-            title=f"{dataset}: {score} vs MACs per image (suite '{suite}', test split)"
+            out / f"{_slug(suite)}_accuracy_vs_macs_{_slug(label)}",
+            title=f"{label}: {score} vs MACs per image (suite '{suite}', test split)"
             + ("\npublished numbers only: no reproduced accuracy yet" if only_published else ""),
             xlabel="MACs per image (mean executed, batch 1)",
             ylabel=ylabel,
@@ -417,7 +444,11 @@ def make_figures(
     latency = load_latency(latency_files)
     joined = join_latency(points, latency, log=log)
     if not joined.empty:
-        for (dataset, device), group in joined.groupby(["dataset", "device"], sort=True):
+        if "protocol" not in joined:
+            joined["protocol"] = ""
+        joined["protocol"] = joined["protocol"].astype("string").fillna("")
+        for (dataset, protocol, device), group in joined.groupby(["dataset", "protocol", "device"], sort=True):
+            label = protocol or dataset
             batch = 1 if (group["batch_size"] == 1).any() else int(group["batch_size"].min())
             group = group[group["batch_size"] == batch]
             counts = set(group["threads"].dropna().astype(int)) if "threads" in group else set()
@@ -430,8 +461,8 @@ def make_figures(
                     series.append(s)
             paths += draw(
                 series,
-                out / f"{_slug(suite)}_accuracy_vs_latency_{_slug(dataset)}_{_slug(device)}_b{batch}",
-                title=f"{dataset}: {_score_names(group)[0]} vs measured latency ({device}, batch {batch}"
+                out / f"{_slug(suite)}_accuracy_vs_latency_{_slug(label)}_{_slug(device)}_b{batch}",
+                title=f"{label}: {_score_names(group)[0]} vs measured latency ({device}, batch {batch}"
                 + (f", {threads} thread{'s' if threads != 1 else ''})" if threads else ")"),
                 xlabel=f"median latency per batch of {batch} (ms)",
                 ylabel=_score_names(group)[1],

@@ -178,11 +178,13 @@ def latency_sample_set(
     seed: int = DEFAULT_SAMPLE_SEED,
     data_root: str | os.PathLike | None = None,
     input_shape: Sequence[int] | None = None,
+    options: dict | None = None,
 ) -> LatencySampleSet:
-    """The latency sample set of `dataset`: `count` seeded images of its verified test split."""
+    """The latency sample set of `dataset`: `count` seeded images of its verified test split,
+    under the config's dataset `options` (e.g. pad_to)."""
     from benchmarks.data import load_split
 
-    split = load_split(dataset, "test", data_root=data_root)
+    split = load_split(dataset, "test", data_root=data_root, options=options)
     return sample_set_from_images(
         split.images, dataset, split="test", count=count, seed=seed, input_shape=input_shape
     )

@@ -28,6 +28,8 @@ RESULT_COLUMNS: dict[str, str] = {
     "method": "string",
     "variant": "string",
     "dataset": "string",
+    "protocol": "string",  # PROTOCOL.md §1: dataset, task, split hashes, options, input, preprocessing
+    "budget_images": "Int64",  # PROTOCOL.md §2: training images processed, parents included
     "split": "string",
     "seed": "Int64",
     "accuracy": "float64",  # percent, top-1
@@ -50,6 +52,8 @@ RESULT_COLUMNS: dict[str, str] = {
     "run_dir": "string",
 }
 ID_COLUMNS = ("experiment", "model", "dataset", "split", "seed")
+#: columns added after rows were first committed: missing in an older file, they read as empty
+LATER_COLUMNS = ("protocol", "budget_images")
 
 
 def make_row(**values: Any) -> dict[str, Any]:
@@ -80,6 +84,9 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
         raise ConfigError(f"results file '{path}' does not exist") from None
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ConfigError(f"results file '{path}' is not a CSV of result rows ({type(exc).__name__})") from None
+    for column in LATER_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = pd.NA
     missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
     if missing:
         raise ConfigError(f"results file '{path}' lacks columns: {', '.join(missing)}")

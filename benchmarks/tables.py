@@ -518,9 +518,9 @@ def suite_rows(
 
 def summarize_runs(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per experiment × split: mean ± std (over seeds) of accuracy and cost."""
-    keys = ["experiment", "model", "kind", "method", "dataset", "split"]
+    keys = ["protocol", "experiment", "model", "kind", "method", "dataset", "split"]
     if rows.empty:
-        return pd.DataFrame(columns=keys + ["seeds", "accuracy", "accuracy_std", "macs_mean"])
+        return pd.DataFrame(columns=keys + ["seeds", "budget_images", "accuracy", "accuracy_std", "macs_mean"])
     frame = rows.copy()
     for k in keys:
         frame[k] = frame[k].astype("string").fillna("")
@@ -532,6 +532,7 @@ def summarize_runs(rows: pd.DataFrame) -> pd.DataFrame:
     grouped = frame.groupby(keys, sort=False, dropna=False)
     summary = grouped.agg(
         seeds=("seed", "nunique"),
+        budget_images=("budget_images", "max"),
         accuracy=("accuracy", "mean"),
         accuracy_std=("accuracy", std),
         f1=("f1", "mean"),
@@ -543,7 +544,7 @@ def summarize_runs(rows: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
     order = {"val": 0, "test": 1}
     summary["_split"] = summary["split"].map(lambda s: order.get(s, 2))
-    return summary.sort_values(["experiment", "_split"], kind="stable").drop(columns="_split").reset_index(drop=True)
+    return summary.sort_values(["protocol", "experiment", "_split"], kind="stable").drop(columns="_split").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -688,9 +689,10 @@ _SUMMARY_DISPLAY = [
     ("model", lambda r: r["model"]),
     ("kind", lambda r: r["kind"]),
     ("method", lambda r: r["method"]),
-    ("dataset", lambda r: r["dataset"]),
+    ("protocol", lambda r: r["protocol"] or "–"),
     ("split", lambda r: r["split"]),
     ("seeds", lambda r: str(int(r["seeds"]))),
+    ("budget (images)", lambda r: "–" if _none(r.get("budget_images")) else f"{int(r['budget_images']):,}"),
     ("accuracy (%)", lambda r: format_value("acc", r["accuracy"])
         + ("" if _none(r["accuracy_std"]) else f" ± {r['accuracy_std']:.2f}")),
     ("MACs executed (mean)", lambda r: format_value("macs", r["macs_mean"])),
@@ -706,7 +708,7 @@ def _summary_display(summary: pd.DataFrame) -> list:
     if "f1" in summary and summary["f1"].notna().any():
         f1 = ("F-score (%)", lambda r: format_value("f1", r["f1"])
               + ("" if _none(r.get("f1_std")) else f" ± {r['f1_std']:.2f}"))  # fmt: skip
-        display.insert(8, f1)
+        display.insert(9, f1)
     return display
 
 
@@ -722,10 +724,27 @@ def summary_markdown(summary: pd.DataFrame, suite: str) -> str:
         return "\n".join(lines + [f"Suite `{suite}` has no result rows yet."]) + "\n"
     display = _summary_display(summary)
     names = [n for n, _ in display]
-    lines += ["| " + " | ".join(names) + " |", "|" + "|".join("---" for _ in names) + "|"]
-    for row in summary.to_dict("records"):
-        lines.append("| " + " | ".join(_md_escape(fn(row)) for _, fn in display) + " |")
-    return "\n".join(lines) + "\n"
+    for protocol, rows in summary.groupby("protocol", sort=True, dropna=False):
+        lines += [f"## Protocol `{protocol if isinstance(protocol, str) and protocol else 'unknown'}`", ""]
+        lines.append(_protocol_note(protocol, rows))
+        lines += ["", "| " + " | ".join(names) + " |", "|" + "|".join("---" for _ in names) + "|"]
+        for row in rows.to_dict("records"):
+            lines.append("| " + " | ".join(_md_escape(fn(row)) for _, fn in display) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _protocol_note(protocol: Any, rows: pd.DataFrame) -> str:
+    """What a protocol section holds, and whether its rows share one training budget."""
+    if not isinstance(protocol, str) or not protocol:
+        return "Rows written before protocols were recorded: compare them with nothing."
+    budgets = sorted({int(b) for b in rows["budget_images"].dropna()})
+    if not budgets:
+        return "Training budgets unknown."
+    if budgets[-1] <= 1.05 * budgets[0]:
+        return f"Every row here trained on about {budgets[0]:,} images (equal budget, PROTOCOL.md §2)."
+    return (f"Budgets differ ({budgets[0]:,} to {budgets[-1]:,} training images): a difference between "
+            "these rows is not a comparison at equal budget (PROTOCOL.md §2).")  # fmt: skip
 
 
 def summary_latex(summary: pd.DataFrame, suite: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from benchmarks.cli.options import data_root_option
+from benchmarks.cli.options import data_root_option, dataset_options_option
 from benchmarks.errors import CheckpointError, ConfigError, DynbenchError
 
 STAT_COLUMNS = ("mean", "std", "p50", "p90", "p99", "min", "max")
@@ -26,7 +26,7 @@ def _builder_accepts(builder: Any, name: str) -> bool:
         return False
 
 
-def build_model(model_name: str, dataset: str, weights: str | None) -> Any:
+def build_model(model_name: str, dataset: str, weights: str | None, options: dict | None = None) -> Any:
     """The registry model for `dataset` (its classes and input channels), with `weights`.
 
     A weights file with an architecture config beside it (`<name>.json`, as the engine saves
@@ -35,7 +35,7 @@ def build_model(model_name: str, dataset: str, weights: str | None) -> Any:
     from benchmarks.registry import create_model, get_model_spec
 
     spec = get_model_spec(model_name)
-    info = dataset_info(dataset)
+    info = dataset_info(dataset, options or None)
     kwargs: dict[str, Any] = {"num_classes": info.num_classes}
     if _builder_accepts(spec.builder, "in_chans"):
         kwargs["in_chans"] = info.input_shape[0]
@@ -137,6 +137,7 @@ def _json_safe(value: Any) -> Any:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Per-sample CSV to write (aggregates go to <out>.summary.json).")
+@dataset_options_option
 @data_root_option
 def cost(
     model_name: str,
@@ -149,9 +150,11 @@ def cost(
     counter: str,
     device: str,
     out: str | None,
+    dataset_options: dict,
     data_root: str | None,
 ) -> None:
-    """Per-sample executed, theoretical and controller MACs of MODEL over a dataset split."""
+    """Per-sample executed, theoretical and controller MACs of MODEL over a dataset split,
+    under the protocol of --dataset and its options (printed first)."""
     import torch
 
     from benchmarks.cost import measure_cost
@@ -167,8 +170,12 @@ def cost(
         if Path(out).is_dir():
             raise ConfigError(f"--out '{out}' is a folder; give the CSV file to write")
         check_writable(Path(out).parent if str(Path(out).parent) else Path("."))
-    data = load_split(dataset, split, data_root)
-    model = build_model(model_name, dataset, weights)
+    from benchmarks.protocol import protocol_of
+
+    protocol = protocol_of(dataset, dataset_options)
+    data = load_split(dataset, split, data_root, options=dataset_options or None)
+    model = build_model(model_name, dataset, weights, dataset_options)
+    click.echo(f"protocol {protocol.describe()}", err=True)  # once the input is known to be good
     if weights is None and is_dynamic(model):
         click.echo(
             "note: no --weights: randomly initialised gates, so the routing (and cost) is not "
@@ -187,7 +194,7 @@ def cost(
     if out is not None:
         out_path = Path(out)
         result.to_csv(out_path)
-        summary = {"model": model_name, "dataset": dataset, "split": split,
+        summary = {"model": model_name, "dataset": dataset, "protocol": protocol.id, "split": split,
                    "weights": weights, "params": result.params, **result.summary}
         atomic_write_json(out_path.with_name(out_path.name + ".summary.json"), _json_safe(summary))
         click.echo(f"\nwrote {out_path} and {out_path.name}.summary.json")

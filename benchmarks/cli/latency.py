@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from benchmarks.cli.options import check_device, data_root_option
+from benchmarks.cli.options import check_device, data_root_option, dataset_options_option
 from benchmarks.errors import ConfigError
 from benchmarks.io import check_writable, ensure_dir
 from benchmarks.latency import (
@@ -100,6 +100,7 @@ def _build(model_name: str, weights: str | None):
               help="With --baseline: interleaved rounds of model and baseline per batch size.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: results/latency/MODEL-DEVICE).")
+@dataset_options_option
 @data_root_option
 def latency(
     model_name: str,
@@ -124,9 +125,11 @@ def latency(
     baseline_weights: str | None,
     rounds: int,
     out: str | None,
+    dataset_options: dict,
     data_root: str | None,
 ) -> None:
-    """Measure the latency of MODEL on real test images.
+    """Measure the latency of MODEL on real test images, under the protocol of the dataset and
+    its options (printed first).
 
     Times every batch size (and, for a dynamic model, each engine) on a fixed, seeded, hashed
     set of test-split images issued round-robin, so every image is timed equally often.
@@ -152,8 +155,12 @@ def latency(
             raise ConfigError(f"model '{model_name}' names no dataset; pass --dataset")
         dataset = spec.datasets[0]
     shape = _int_list(input_shape, "--input-shape") if input_shape else None
+    from benchmarks.protocol import protocol_of
+
+    protocol = protocol_of(dataset, dataset_options)
     sample_set = latency_sample_set(
-        dataset, count=samples, seed=seed, data_root=data_root, input_shape=shape
+        dataset, count=samples, seed=seed, data_root=data_root, input_shape=shape,
+        options=dataset_options or None,
     )
     default_out = Path("results") / "latency" / f"{model_name}-{device.replace(':', '')}"
     out_dir = Path(out) if out else default_out
@@ -167,6 +174,7 @@ def latency(
             raise ConfigError(f"--baseline '{baseline}' is a dynamic model; name a static backbone")
     elif baseline_weights:
         raise ConfigError("--baseline-weights needs --baseline")
+    click.echo(f"protocol {protocol.describe()}", err=True)
     click.echo(
         f"{model_name}: {len(sample_set)} test images of {dataset} "
         f"(seed {seed}, sha256 {sample_set.sha256[:12]}), device {device}, "

@@ -47,3 +47,23 @@ def check_device(ctx: click.Context | None, param: click.Parameter | None, value
 device_option = click.option(
     "--device", default=None, callback=check_device, help="cpu, cuda or cuda:N (default: cuda when available)."
 )
+
+
+def _dataset_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
+    """`--set dataset.options.KEY=VALUE` (repeatable) -> the dataset options mapping."""
+    from benchmarks.config import parse_override
+
+    options: dict = {}
+    for item in values:
+        parts, value = parse_override(item)
+        if len(parts) != 3 or parts[:2] != ["dataset", "options"]:
+            raise click.BadParameter(f"'{item}': only dataset.options.KEY=VALUE can be set here (e.g. dataset.options.pad_to=32)")
+        options[parts[2]] = value
+    return options
+
+
+dataset_options_option = click.option(
+    "--set", "dataset_options", multiple=True, callback=_dataset_options, metavar="dataset.options.KEY=VALUE",
+    help="A dataset option, as in an experiment config (e.g. dataset.options.pad_to=32); repeatable. "
+         "Together with --dataset they make the protocol the numbers are measured under.",
+)
