@@ -119,6 +119,7 @@ SCHEMA: dict[str, Any] = {
         "mode": (_choice("max", "min"), "max"),
     },
     "quick": (_dict, {}),
+    "sweep": (_dict, {}),
 }
 
 
@@ -290,6 +291,14 @@ def resolve_config(
             raise ConfigError(f"{where}: stages[{i}] needs a 'name' (a non-empty string)")
     _validate_known_names(resolved, where)
     _validate_training(resolved, where)
+    if "sweep" in data and not resolved["sweep"]:
+        raise ConfigError(f"{where}: key 'sweep' is empty; give it at least one key and its list of values")
+    if resolved["sweep"]:
+        from benchmarks.sweeps import grid
+
+        grid({**resolved, "source": where})  # unknown keys, empty value lists
+    else:
+        del resolved["sweep"]  # a config without a sweep hashes as it always did
     return resolved
 
 
@@ -336,7 +345,7 @@ def load_config(
 
 
 # Keys that say where a config came from, not what it computes: excluded from the hash.
-_NOT_HASHED = {"source", "description", "suite"}
+_NOT_HASHED = {"source", "description", "suite", "sweep_of"}
 
 
 def config_hash(cfg: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from benchmarks.errors import ConfigError, UnknownNameError
 from benchmarks.io import ensure_dir
 from benchmarks.results import collect_results, write_results
 from benchmarks.runs import RunFolder, single_seed_config
+from benchmarks.sweeps import CONFIRM_POINTS, expand
 
 SUITES_FILE = CONFIG_ROOT / "suites.yaml"
 
@@ -41,6 +42,80 @@ def load_suites() -> dict[str, dict[str, Any]]:
             if other not in data:
                 raise ConfigError(f"{SUITES_FILE}: suite '{name}' includes unknown suite '{other}'")
     return data
+
+
+def run_job(cfg: dict[str, Any], seed: int, runs_root: Path, data_root: Any, device: str | None, log=None) -> tuple[Path, bool]:
+    """Train (or reuse) and evaluate one run; (its folder, whether it was trained here)."""
+    from benchmarks.engine import Trainer
+    from benchmarks.evaluation import finalize_run
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    run = RunFolder.for_config(single_seed_config(cfg, seed), runs_root, device)
+    if run.is_complete():
+        return run.path, False
+    trainer = Trainer(cfg, seed, runs_root=runs_root, data_root=data_root, device=device, log=log)
+    trainer.preflight()  # bad input fails before this run's folder exists
+    with trainer.exclusive():  # a second process waits here, then reuses what the first made
+        problem = run.completion_problem()
+        if problem is None:
+            return run.path, False
+        if problem != "not finished":
+            log(f"{run.path.name}: {problem}; resuming and evaluating it again")
+        trainer.fit()
+        finalize_run(run, data_root)
+    return run.path, True
+
+
+def _job_in_process(cfg: dict[str, Any], seed: int, runs_root: Path, data_root: Any, device: str | None, threads: int) -> tuple[Path, bool]:
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_job(cfg, seed, runs_root, data_root, device, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+def _parents(cfg: dict[str, Any]) -> set[Path]:
+    """Config files of the experiments a run starts from (`method_args` experiment: refs)."""
+    found = set()
+    for value in (cfg.get("method_args") or {}).values():
+        if isinstance(value, str) and value.startswith("experiment:"):
+            found.add(find_config(value[len("experiment:"):]).resolve())
+    return found
+
+
+def _run_parallel(suite: str, work: list[tuple[dict[str, Any], int]], runs_root: Path, data_root: Any,
+                  device: str | None, jobs: int, log) -> list[tuple[Path, bool]]:  # fmt: skip
+    """Run `work` in `jobs` processes, in waves: a run whose parent experiment has runs in the
+    suite waits for them. CPU threads are split between the processes (and recorded in each
+    run's identity, as always)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    torch.set_num_threads(threads)  # the run folders are named with the workers' thread count
+    level: dict[int, int] = {}
+
+    def depth(i: int, seen: tuple[int, ...] = ()) -> int:
+        if i not in level:
+            parents = [j for j, (other, _) in enumerate(work) if Path(other.get("source", "")).resolve() in _parents(work[i][0]) and j != i]
+            level[i] = 1 + max((depth(j, (*seen, i)) for j in parents if j not in seen), default=-1)
+        return level[i]
+
+    for i in range(len(work)):
+        depth(i)
+    outcomes: dict[int, tuple[Path, bool]] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        for wave in sorted(set(level.values())):
+            batch = [i for i in range(len(work)) if level[i] == wave]
+            log(f"[{suite}] {len(batch)} run(s) in {jobs} processes ({threads} thread(s) each)"
+                + (f", once the {sum(level[i] < wave for i in level)} run(s) before them are done" if wave else ""))  # fmt: skip
+            futures = {i: pool.submit(_job_in_process, work[i][0], work[i][1], runs_root, data_root, device, threads) for i in batch}
+            for i, future in futures.items():
+                outcomes[i] = future.result()
+                log(f"[{suite}] {'trained' if outcomes[i][1] else 'reused'} {outcomes[i][0].name}")
+    return [outcomes[i] for i in range(len(work))]
 
 
 def tracked_outputs(out: Path, suite: str) -> list[str]:
@@ -113,10 +188,14 @@ def reproduce(
     device: str | None = None,
     log=None,
     update_reference: bool = False,
+    confirm_above: int | None = CONFIRM_POINTS,
+    jobs: int = 1,
 ) -> SuiteReport:
-    from benchmarks.engine import Trainer
-    from benchmarks.evaluation import finalize_run
-
+    """Train (or reuse), evaluate and tabulate every run of `suite` (sweeps expanded). With
+    `jobs` > 1 the runs go to that many local processes (CPU threads split between them),
+    a run starting only once the runs it starts from (`experiment:` references) are done."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     suites = load_suites()
     if suite not in suites:
@@ -124,8 +203,9 @@ def reproduce(
     experiments = suite_experiments(suite, suites)
     # Validate every config before any folder is made: a typo fails fast, with nothing written.
     configs = [
-        load_config(find_config(name), quick=suite_quick if quick is None else quick)
+        point
         for name, suite_quick in experiments
+        for point in expand(load_config(find_config(name), quick=suite_quick if quick is None else quick), confirm_above)
     ]
     tracked = tracked_outputs(Path(out), suite)
     if tracked and not update_reference:
@@ -140,29 +220,20 @@ def reproduce(
     tables_dir = ensure_dir(out / "tables")
     started = time.perf_counter()
     report = SuiteReport(suite, tables_dir / f"{suite}.csv", [])
-    jobs = [(cfg, seed) for cfg in configs for seed in (list(range(seeds)) if seeds else cfg["seeds"])]
-    for number, (cfg, seed) in enumerate(jobs, start=1):
-        run = RunFolder.for_config(single_seed_config(cfg, seed), runs_root, device)
-        elapsed = time.perf_counter() - started
-        eta = f", about {elapsed / (number - 1) * (len(jobs) - number + 1):.0f}s left" if number > 1 else ""
-        log(f"[{suite} {number}/{len(jobs)}{eta}] {cfg['name']} seed {seed}")
-        if run.is_complete():
-            report.reused += 1
-            report.runs.append(run.path)
-            continue
-        trainer = Trainer(cfg, seed, runs_root=runs_root, data_root=data_root, device=device, log=log)
-        trainer.preflight()  # bad input fails before this run's folder exists
-        with trainer.exclusive():  # a second process waits here, then reuses what the first made
-            problem = run.completion_problem()
-            if problem is None:
-                report.reused += 1
-            else:
-                if problem != "not finished":
-                    log(f"[{suite}] {run.path.name}: {problem}; resuming and evaluating it again")
-                trainer.fit()
-                finalize_run(run, data_root)
-                report.trained += 1
-        report.runs.append(run.path)
+    work = [(cfg, seed) for cfg in configs for seed in (list(range(seeds)) if seeds else cfg["seeds"])]
+    if jobs > 1:
+        outcomes = _run_parallel(suite, work, runs_root, data_root, device, jobs, log)
+    else:
+        outcomes = []
+        for number, (cfg, seed) in enumerate(work, start=1):
+            elapsed = time.perf_counter() - started
+            eta = f", about {elapsed / (number - 1) * (len(work) - number + 1):.0f}s left" if number > 1 else ""
+            log(f"[{suite} {number}/{len(work)}{eta}] {cfg['name']} seed {seed}")
+            outcomes.append(run_job(cfg, seed, runs_root, data_root, device, log))
+    for path, trained in outcomes:
+        report.runs.append(path)
+        report.trained += trained
+        report.reused += not trained
     frame = collect_results(run / "results.csv" for run in report.runs)
     write_results(frame, report.rows_file)
     # Seed means, the comparison with published numbers (architecture counts need no

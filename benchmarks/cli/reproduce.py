@@ -13,14 +13,17 @@ from benchmarks.cli.options import data_root_option, device_option
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Run seeds 0..N-1 (mean ± std); default: each config's seeds.")
 @click.option("--full/--quick", "full", default=None, help="Force full-size or quick-size configs (default: the suite's setting).")
 @click.option("--update-reference", is_flag=True, help="Allow overwriting reference tables and figures tracked in this checkout.")
+@click.option("--yes", is_flag=True, help="Run sweeps of more than 10,000 points without asking.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Runs at once, each in its own process (CPU threads split between them).")
 @data_root_option
 @device_option
-def reproduce(suite: str, out: str, seeds: int | None, full: bool | None, update_reference: bool, data_root: str | None, device: str | None) -> None:
+def reproduce(suite: str, out: str, seeds: int | None, full: bool | None, update_reference: bool, yes: bool, jobs: int, data_root: str | None, device: str | None) -> None:
     """Reproduce SUITE (quick, baselines, d2nn, lcnet, all): train, evaluate, write tables."""
     from benchmarks.suites import reproduce as run_suite
+    from benchmarks.sweeps import CONFIRM_POINTS
 
     report = run_suite(suite, out=out, data_root=data_root, seeds=seeds, quick=None if full is None else not full, device=device,
-                       update_reference=update_reference)  # fmt: skip
+                       update_reference=update_reference, confirm_above=None if yes else CONFIRM_POINTS, jobs=jobs)  # fmt: skip
     click.echo(f"suite '{suite}': {report.trained} run(s) trained, {report.reused} reused, {report.seconds:.0f}s")
     click.echo("runs:")
     for path in report.runs:

@@ -24,11 +24,13 @@ def train(config: str, quick: bool, overrides: tuple[str, ...], seed: int | None
     from benchmarks.engine import Trainer
     from benchmarks.evaluation import finalize_run
     from benchmarks.io import ensure_dir
+    from benchmarks.sweeps import expand
 
-    cfg = load_config(find_config(config), quick=quick, overrides=overrides)
+    points = expand(load_config(find_config(config), quick=quick, overrides=overrides))
     runs_root = Path(out) / "runs"  # made once the input has been checked
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    for s in [seed] if seed is not None else cfg["seeds"]:
+    runs = [(point, s) for point in points for s in ([seed] if seed is not None else point["seeds"])]
+    for cfg, s in runs:
         trainer = Trainer(cfg, s, runs_root=runs_root, data_root=data_root, device=device)
         trainer.preflight()  # bad input fails here, before any folder exists
         ensure_dir(runs_root)
