@@ -41,7 +41,23 @@ def load_suites() -> dict[str, dict[str, Any]]:
         for other in suite.get("include", []):
             if other not in data:
                 raise ConfigError(f"{SUITES_FILE}: suite '{name}' includes unknown suite '{other}'")
+        for i, item in enumerate(suite.get("comparisons", [])):
+            if not isinstance(item, dict) or set(item) != {"candidate", "baseline"} or not all(isinstance(v, str) for v in item.values()):
+                raise ConfigError(f"{SUITES_FILE}: suite '{name}': comparisons[{i}] must be {{candidate: EXPERIMENT, baseline: EXPERIMENT}}, got {item!r}")
     return data
+
+
+def suite_comparisons(suite: str, suites: dict[str, dict[str, Any]] | None = None) -> list[dict[str, str]]:
+    """The comparisons `suite` and the suites it includes declare (each once)."""
+    suites = load_suites() if suites is None else suites
+    if suite not in suites:
+        return []
+    found: list[dict[str, str]] = []
+    for name in suite_members(suite, suites):
+        for item in suites[name].get("comparisons", []):
+            if item not in found:
+                found.append(dict(item))
+    return found
 
 
 def run_job(cfg: dict[str, Any], seed: int, runs_root: Path, data_root: Any, device: str | None, log=None) -> tuple[Path, bool]:

@@ -895,4 +895,29 @@ def build_tables(
         ]
     if not rows.empty:
         files += write_summary_tables(suite, rows, out)
+        files += write_comparison_tables(suite, rows, out)
     return TablesReport(suite, comparison, files, unmapped, rows=len(rows), published=scoped)
+
+
+def write_comparison_tables(suite: str, rows: pd.DataFrame, tables_dir: str | os.PathLike) -> list[Path]:
+    """`<suite>_comparisons.{csv,md}`: the suite's declared comparisons with their verdicts."""
+    from benchmarks.comparisons import compare as compare_runs
+    from benchmarks.comparisons import comparisons_markdown
+    from benchmarks.suites import suite_comparisons
+
+    experiments = rows["experiment"].astype(str)
+
+    def has_rows(name: str) -> bool:
+        return bool(((experiments == name) | experiments.str.startswith(f"{name}--")).any())
+
+    # a declared comparison whose rows do not exist yet (a partial suite) is left out
+    declared = [c for c in suite_comparisons(suite) if has_rows(c["candidate"]) and has_rows(c["baseline"])]
+    if not declared:
+        return []
+    found = [compare_runs(rows, c["candidate"], c["baseline"]) for c in declared]
+    frame = pd.DataFrame([c.row() for c in found])
+    stem = Path(tables_dir) / f"{suite}_comparisons"
+    return [
+        atomic_write_text(stem.with_suffix(".csv"), frame.to_csv(index=False, float_format="%.10g")),
+        atomic_write_text(stem.with_suffix(".md"), comparisons_markdown(found, suite)),
+    ]

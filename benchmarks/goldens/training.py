@@ -114,6 +114,7 @@ def train_and_evaluate(run: Run, seed: int, workdir: str | os.PathLike) -> dict[
     from benchmarks.evaluation import finalize_run
 
     cfg = load_config(find_config(run.config), quick=True, overrides=run.overrides)
+    cfg.pop("sweep", None)  # a check trains the experiment's own point, not its sweep
     trainer = Trainer(cfg, seed, runs_root=workdir, device="cpu", progress=False, log=lambda msg: None)
     trainer.fit()
     folder = trainer.run
