@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from benchmarks.cli import main
+from tests.benchmarks.fixtures_data import run_cli
 
 GOOD = {
     "name": "tiny",
@@ -30,13 +31,8 @@ def _config(tmp_path: Path, filename: str = "cfg.yaml", **changes) -> Path:
 
 
 def _exit(args: list[str], capsys) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    code, out, err = run_cli(args, capsys)
+    return code, out + err
 
 
 def _finished_run(tmp_path: Path) -> Path:

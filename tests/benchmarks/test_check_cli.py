@@ -12,6 +12,7 @@ from benchmarks.cli import main
 
 
 def _run(args: list[str]) -> int:
+    """Exit status of `dynbench ARGS` run in-process (output stays captured for the test)."""
     try:
         main(args)
     except SystemExit as exc:
