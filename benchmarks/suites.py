@@ -99,7 +99,8 @@ def _parents(cfg: dict[str, Any]) -> set[Path]:
 
 
 def _run_parallel(suite: str, work: list[tuple[dict[str, Any], int]], runs_root: Path, data_root: Any,
-                  device: str | None, jobs: int, log) -> list[tuple[Path, bool]]:  # fmt: skip
+                  device: str | None, jobs: int, log, launcher: str = "local", threads: int | None = None,
+                  cluster: dict[str, Any] | None = None) -> list[tuple[Path, bool]]:  # fmt: skip
     """Run `work` in `jobs` processes, in waves: a run whose parent experiment has runs in the
     suite waits for them. CPU threads are split between the processes (and recorded in each
     run's identity, as always)."""
@@ -108,7 +109,7 @@ def _run_parallel(suite: str, work: list[tuple[dict[str, Any], int]], runs_root:
 
     import torch
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     torch.set_num_threads(threads)  # the run folders are named with the workers' thread count
     level: dict[int, int] = {}
 
@@ -121,17 +122,53 @@ def _run_parallel(suite: str, work: list[tuple[dict[str, Any], int]], runs_root:
     for i in range(len(work)):
         depth(i)
     outcomes: dict[int, tuple[Path, bool]] = {}
+    executor = _cluster_executor(launcher, runs_root, jobs, threads, cluster or {}) if launcher != "local" else None
+    where = f"{jobs} processes" if executor is None else f"a {launcher} job array (at most {jobs} at once)"
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         for wave in sorted(set(level.values())):
             batch = [i for i in range(len(work)) if level[i] == wave]
-            log(f"[{suite}] {len(batch)} run(s) in {jobs} processes ({threads} thread(s) each)"
+            log(f"[{suite}] {len(batch)} run(s) in {where} ({threads} thread(s) each)"
                 + (f", once the {sum(level[i] < wave for i in level)} run(s) before them are done" if wave else ""))  # fmt: skip
-            futures = {i: pool.submit(_job_in_process, work[i][0], work[i][1], runs_root, data_root, device, threads) for i in batch}
-            for i, future in futures.items():
-                outcomes[i] = future.result()
+            args = [(work[i][0], work[i][1], runs_root, data_root, device, threads) for i in batch]
+            if executor is None:
+                pending = [pool.submit(_job_in_process, *a) for a in args]
+            else:
+                pending = executor.map_array(_job_in_process, *zip(*args, strict=True))
+            for i, job in zip(batch, pending, strict=True):
+                outcomes[i] = job.result()
                 log(f"[{suite}] {'trained' if outcomes[i][1] else 'reused'} {outcomes[i][0].name}")
     return [outcomes[i] for i in range(len(work))]
+
+
+LAUNCHERS = ("local", "slurm", "submitit-local")
+
+
+def _require_submitit(launcher: str) -> None:
+    """Fail before anything is written when a cluster launcher lacks submitit."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"--launcher {launcher} needs submitit, which is not installed: pip install submitit "
+            "(or pip install 'dynbench[cluster]')"
+        ) from None
+
+
+def _cluster_executor(launcher: str, runs_root: Path, jobs: int, threads: int, cluster: dict[str, Any]) -> Any:
+    """A submitit executor: SLURM (`slurm`), or submitit's local executor (`submitit-local`, the
+    same code path on this machine, for trying a suite before a cluster). Job files and logs go
+    to `<runs>/../submitit/`, which SLURM jobs need on a shared filesystem."""
+    _require_submitit(launcher)
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=runs_root.parent / "submitit" / "%j", cluster="slurm" if launcher == "slurm" else "local")
+    parameters: dict[str, Any] = {"name": "dynbench", "timeout_min": int(cluster.get("timeout_min", 240)),
+                                  "cpus_per_task": threads, "slurm_array_parallelism": jobs}  # fmt: skip
+    if cluster.get("partition"):
+        parameters["slurm_partition"] = cluster["partition"]
+    executor.update_parameters(**parameters)
+    return executor
 
 
 def tracked_outputs(out: Path, suite: str) -> list[str]:
@@ -206,12 +243,21 @@ def reproduce(
     update_reference: bool = False,
     confirm_above: int | None = CONFIRM_POINTS,
     jobs: int = 1,
+    launcher: str = "local",
+    threads: int | None = None,
+    cluster: dict[str, Any] | None = None,
 ) -> SuiteReport:
     """Train (or reuse), evaluate and tabulate every run of `suite` (sweeps expanded). With
     `jobs` > 1 the runs go to that many local processes (CPU threads split between them),
     a run starting only once the runs it starts from (`experiment:` references) are done."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    if launcher not in LAUNCHERS:
+        raise UnknownNameError("launcher", launcher, LAUNCHERS)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    if launcher != "local":
+        _require_submitit(launcher)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     suites = load_suites()
     if suite not in suites:
@@ -237,8 +283,8 @@ def reproduce(
     started = time.perf_counter()
     report = SuiteReport(suite, tables_dir / f"{suite}.csv", [])
     work = [(cfg, seed) for cfg in configs for seed in (list(range(seeds)) if seeds else cfg["seeds"])]
-    if jobs > 1:
-        outcomes = _run_parallel(suite, work, runs_root, data_root, device, jobs, log)
+    if jobs > 1 or launcher != "local":
+        outcomes = _run_parallel(suite, work, runs_root, data_root, device, jobs, log, launcher, threads, cluster)
     else:
         outcomes = []
         for number, (cfg, seed) in enumerate(work, start=1):

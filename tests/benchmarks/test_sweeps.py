@@ -91,3 +91,40 @@ def test_jobs_2_gives_the_rows_of_the_in_process_run(tmp_path):
     a = pd.read_csv(serial.rows_file)[columns]
     b = pd.read_csv(parallel.rows_file)[columns]
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_the_sweep_as_jobs_and_collects_the_same_rows(tmp_path):
+    """The cluster path (submitit, here its local executor) runs the quick suite, whose LC-Net
+    sweep has 4 points, as one job per run and collects the rows of the in-process run."""
+    pytest.importorskip("submitit")
+    from benchmarks.suites import reproduce
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = reproduce("quick", out=tmp_path / "serial", log=lambda m: None)
+        cluster = reproduce("quick", out=tmp_path / "cluster", jobs=4, launcher="submitit-local", threads=1, log=lambda m: None)
+    finally:
+        torch.set_num_threads(before)
+    assert cluster.trained == serial.trained == 8
+    jobs = [p for p in (tmp_path / "cluster" / "submitit").iterdir() if p.is_dir()]
+    assert len(jobs) >= 8, "each run is a job of its own"
+    columns = ["experiment", "split", "protocol", "budget_images", "accuracy", "macs_mean", "params"]
+    a = pd.read_csv(serial.rows_file)[columns]
+    b = pd.read_csv(cluster.rows_file)[columns]
+    pd.testing.assert_frame_equal(a, b)
+    assert a["experiment"].str.startswith("digits_resnet20_lc--rho").sum() == 8  # 4 points x val/test
+
+
+def test_a_cluster_launcher_without_submitit_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from benchmarks.cli import main
+
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
+    with pytest.raises(SystemExit) as info:
+        main(["reproduce", "quick", "--launcher", "slurm", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "needs submitit" in err and "pip install submitit" in err
+    assert not (tmp_path / "out").exists()
