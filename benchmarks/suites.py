@@ -246,6 +246,7 @@ def reproduce(
     launcher: str = "local",
     threads: int | None = None,
     cluster: dict[str, Any] | None = None,
+    latency: bool = True,
 ) -> SuiteReport:
     """Train (or reuse), evaluate and tabulate every run of `suite` (sweeps expanded). With
     `jobs` > 1 the runs go to that many local processes (CPU threads split between them),
@@ -297,6 +298,15 @@ def reproduce(
         report.trained += trained
         report.reused += not trained
     frame = collect_results(run / "results.csv" for run in report.runs)
+    latency_file = tables_dir / f"{suite}_latency.csv"
+    if latency:
+        from benchmarks.io import atomic_write_text
+        from benchmarks.suite_latency import measure_runs
+
+        timed = measure_runs(report.runs, data_root, log)
+        atomic_write_text(latency_file, timed.to_csv(index=False, float_format="%.6g"))
+    else:
+        latency_file.unlink(missing_ok=True)  # a table never shows latencies of other weights
     write_results(frame, report.rows_file)
     # Seed means, the comparison with published numbers (architecture counts need no
     # training) and the trade-off figures.

@@ -703,8 +703,16 @@ _SUMMARY_DISPLAY = [
 
 
 def _summary_display(summary: pd.DataFrame) -> list:
-    """The summary columns; an F-score column where some dataset reports one (LFW-B)."""
+    """The summary columns; an F-score column where some dataset reports one (LFW-B); latency
+    columns where the suite was timed."""
     display = list(_SUMMARY_DISPLAY)
+    for column in summary.columns:
+        if column.startswith("p50_b"):
+            batch = column[len("p50_b"):]
+            display.append((f"p50 b{batch} (ms, CPU 1 thread)", lambda r, c=column: "–" if _none(r.get(c)) else f"{r[c]:.3g}"))
+            ratio = f"realization_b{batch}"
+            if ratio in summary:
+                display.append((f"realization b{batch}", lambda r, c=ratio: "–" if _none(r.get(c)) else f"{r[c]:.2f}"))
     if "f1" in summary and summary["f1"].notna().any():
         f1 = ("F-score (%)", lambda r: format_value("f1", r["f1"])
               + ("" if _none(r.get("f1_std")) else f" ± {r['f1_std']:.2f}"))  # fmt: skip
@@ -767,6 +775,11 @@ def write_summary_tables(suite: str, rows: pd.DataFrame, tables_dir: str | os.Pa
     """`<suite>.md` and `<suite>.tex`: the suite's rows with seeds folded into mean ± std."""
     tables_dir = ensure_dir(tables_dir)
     summary = summarize_runs(rows)
+    latency_file = Path(tables_dir) / f"{suite}_latency.csv"
+    if latency_file.is_file():  # written by `dynbench reproduce`
+        from benchmarks.suite_latency import latency_columns
+
+        summary = latency_columns(summary, pd.read_csv(latency_file))
     return [
         atomic_write_text(tables_dir / f"{suite}.md", summary_markdown(summary, suite)),
         atomic_write_text(tables_dir / f"{suite}.tex", summary_latex(summary, suite)),

@@ -21,17 +21,19 @@ from benchmarks.cli.options import data_root_option, device_option
 @click.option("--threads", type=int, default=None, help="CPU threads per run with --jobs/--launcher (default: cores / jobs).")
 @click.option("--slurm-partition", default=None, help="SLURM partition (--launcher slurm).")
 @click.option("--slurm-time", type=int, default=240, show_default=True, help="SLURM time limit per run, minutes.")
+@click.option("--no-latency", is_flag=True, help="Skip timing the final models (batch 1 and 64, CPU, one thread).")
 @data_root_option
 @device_option
 def reproduce(suite: str, out: str, seeds: int | None, full: bool | None, update_reference: bool, yes: bool, jobs: int, launcher: str, threads: int | None,
-              slurm_partition: str | None, slurm_time: int, data_root: str | None, device: str | None) -> None:
+              slurm_partition: str | None, slurm_time: int, no_latency: bool, data_root: str | None, device: str | None) -> None:
     """Reproduce SUITE (quick, baselines, d2nn, lcnet, all): train, evaluate, write tables."""
     from benchmarks.suites import reproduce as run_suite
     from benchmarks.sweeps import CONFIRM_POINTS
 
     report = run_suite(suite, out=out, data_root=data_root, seeds=seeds, quick=None if full is None else not full, device=device,
                        update_reference=update_reference, confirm_above=None if yes else CONFIRM_POINTS, jobs=jobs,
-                       launcher=launcher, threads=threads, cluster={"partition": slurm_partition, "timeout_min": slurm_time})  # fmt: skip
+                       launcher=launcher, threads=threads, cluster={"partition": slurm_partition, "timeout_min": slurm_time},
+                       latency=not no_latency)  # fmt: skip
     click.echo(f"suite '{suite}': {report.trained} run(s) trained, {report.reused} reused, {report.seconds:.0f}s")
     click.echo("runs:")
     for path in report.runs:

@@ -89,3 +89,13 @@ def test_reproduce_quick_writes_runs_and_tables_then_reuses_them(tmp_path):
     second = dynbench("reproduce", "quick", "--out", str(tmp_path / "results"))
     assert second.returncode == 0 and "0 run(s) trained" in second.stdout
     pd.testing.assert_frame_equal(pd.read_csv(table), rows)
+    # every final model was timed (batch 1 and 64), with the sha256 of the weights it timed
+    from benchmarks.io import sha256_file
+
+    latency = pd.read_csv(tmp_path / "results" / "tables" / "quick_latency.csv")
+    assert sorted(set(latency["batch_size"])) == [1, 64] and set(latency["experiment"]) == set(rows["experiment"])
+    for run_dir in rows["run_dir"].unique():
+        name = Path(run_dir).name
+        timed = latency[latency["experiment"] == name.rsplit("-s", 1)[0]]
+        assert set(timed["weights_sha256"]) == {sha256_file(Path(run_dir) / "checkpoints" / "best.safetensors")}
+    assert "p50 b1 (ms, CPU 1 thread)" in (tmp_path / "results" / "tables" / "quick.md").read_text()

@@ -81,8 +81,8 @@ def test_jobs_2_gives_the_rows_of_the_in_process_run(tmp_path):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        serial = reproduce("quick", out=tmp_path / "serial", log=lambda m: None)
-        parallel = reproduce("quick", out=tmp_path / "parallel", jobs=2, log=lambda m: None)
+        serial = reproduce("quick", out=tmp_path / "serial", log=lambda m: None, latency=False)
+        parallel = reproduce("quick", out=tmp_path / "parallel", jobs=2, log=lambda m: None, latency=False)
     finally:
         torch.set_num_threads(before)
     assert parallel.trained == serial.trained == len(serial.runs) == 8  # 4 experiments + a 4-point LC-Net sweep
@@ -103,8 +103,9 @@ def test_submitit_local_runs_the_sweep_as_jobs_and_collects_the_same_rows(tmp_pa
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        serial = reproduce("quick", out=tmp_path / "serial", log=lambda m: None)
-        cluster = reproduce("quick", out=tmp_path / "cluster", jobs=4, launcher="submitit-local", threads=1, log=lambda m: None)
+        serial = reproduce("quick", out=tmp_path / "serial", log=lambda m: None, latency=False)
+        cluster = reproduce("quick", out=tmp_path / "cluster", jobs=4, launcher="submitit-local", threads=1,
+                            log=lambda m: None, latency=False)  # fmt: skip
     finally:
         torch.set_num_threads(before)
     assert cluster.trained == serial.trained == 8
