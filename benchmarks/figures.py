@@ -123,12 +123,9 @@ def _base_of(model: str) -> str:
     try:
         from benchmarks.registry import get_model_spec
 
-        for tag in get_model_spec(model).tags:
-            if tag.startswith("base:"):
-                return tag[len("base:"):]
+        return get_model_spec(model).base or model
     except Exception:  # an unregistered id in old rows: keep the figure
-        pass
-    return model
+        return model
 
 
 def series_key(point: dict[str, Any]) -> tuple[str, str]:

@@ -155,15 +155,17 @@ def _parent_budget(value: str, cfg: dict[str, Any], seen: tuple[str, ...]) -> in
 PARENT_KEYS = ("init", "backbone")
 
 
+def parent_references(cfg: dict[str, Any]) -> list[str]:
+    """What the run of `cfg` starts from: the values of its `method_args` PARENT_KEYS
+    (`experiment:<suite>/<name>`, a run folder or a checkpoint)."""
+    args = cfg.get("method_args") or {}
+    return [args[key] for key in PARENT_KEYS if isinstance(args.get(key), str) and args[key]]
+
+
 def training_budget(cfg: dict[str, Any], seen: tuple[str, ...] = ()) -> int:
     """Training images processed by the run of `cfg`, its parents' included (see module doc)."""
     own = _train_images(cfg) * sum(_stage_epochs(cfg))
-    inherited = 0
-    for key in PARENT_KEYS:
-        value = (cfg.get("method_args") or {}).get(key)
-        if isinstance(value, str) and value:
-            inherited += _parent_budget(value, cfg, seen)
-    return own + inherited
+    return own + sum(_parent_budget(value, cfg, seen) for value in parent_references(cfg))
 
 
 def budget_or_none(cfg: dict[str, Any]) -> int | None:

@@ -67,6 +67,15 @@ class ModelSpec:
     def module(self) -> str:
         return self.builder.__module__
 
+    @property
+    def base(self) -> str | None:
+        """The static model this one is built on (its `base:` tag), e.g. LC-Net's backbone or
+        an L1-pruned network's unpruned architecture; None when it names none."""
+        for tag in self.tags:
+            if tag.startswith("base:"):
+                return tag[len("base:"):]
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -69,8 +69,7 @@ def _backbone(model: str, kind: str) -> str | None:
         return None
     if kind == "pruned":
         return model
-    base = [t.split(":", 1)[1] for t in get_model_spec(model).tags if t.startswith("base:")]
-    return base[0] if base else None
+    return get_model_spec(model).base
 
 
 def latency_columns(summary: pd.DataFrame, latency: pd.DataFrame) -> pd.DataFrame:

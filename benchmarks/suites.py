@@ -8,6 +8,7 @@ published numbers: `benchmarks.tables`) and its trade-off figures (`benchmarks.f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -90,12 +91,11 @@ def _job_in_process(cfg: dict[str, Any], seed: int, runs_root: Path, data_root: 
 
 
 def _parents(cfg: dict[str, Any]) -> set[Path]:
-    """Config files of the experiments a run starts from (`method_args` experiment: refs)."""
-    found = set()
-    for value in (cfg.get("method_args") or {}).values():
-        if isinstance(value, str) and value.startswith("experiment:"):
-            found.add(find_config(value[len("experiment:"):]).resolve())
-    return found
+    """Config files of the experiments a run starts from (`experiment:` references)."""
+    from benchmarks.protocol import parent_references
+
+    prefix = "experiment:"
+    return {find_config(v[len(prefix):]).resolve() for v in parent_references(cfg) if v.startswith(prefix)}
 
 
 def _run_parallel(suite: str, work: list[tuple[dict[str, Any], int]], runs_root: Path, data_root: Any,
@@ -112,11 +112,13 @@ def _run_parallel(suite: str, work: list[tuple[dict[str, Any], int]], runs_root:
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     torch.set_num_threads(threads)  # the run folders are named with the workers' thread count
     level: dict[int, int] = {}
+    sources = [Path(cfg.get("source", "")).resolve() for cfg, _ in work]
+    parents = [_parents(cfg) for cfg, _ in work]
 
     def depth(i: int, seen: tuple[int, ...] = ()) -> int:
         if i not in level:
-            parents = [j for j, (other, _) in enumerate(work) if Path(other.get("source", "")).resolve() in _parents(work[i][0]) and j != i]
-            level[i] = 1 + max((depth(j, (*seen, i)) for j in parents if j not in seen), default=-1)
+            mine = [j for j in range(len(work)) if sources[j] in parents[i] and j != i and j not in seen]
+            level[i] = 1 + max((depth(j, (*seen, i)) for j in mine), default=-1)
         return level[i]
 
     for i in range(len(work)):
@@ -125,7 +127,7 @@ def _run_parallel(suite: str, work: list[tuple[dict[str, Any], int]], runs_root:
     executor = _cluster_executor(launcher, runs_root, jobs, threads, cluster or {}) if launcher != "local" else None
     where = f"{jobs} processes" if executor is None else f"a {launcher} job array (at most {jobs} at once)"
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) if executor is None else contextlib.nullcontext() as pool:
         for wave in sorted(set(level.values())):
             batch = [i for i in range(len(work)) if level[i] == wave]
             log(f"[{suite}] {len(batch)} run(s) in {where} ({threads} thread(s) each)"

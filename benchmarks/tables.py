@@ -277,13 +277,6 @@ def count_architecture(model: str, dataset: str) -> tuple[int, int]:
 architecture_cost = functools.cache(count_architecture)
 
 
-def _base_model(spec) -> str | None:
-    for tag in spec.tags:
-        if tag.startswith("base:"):
-            return tag[len("base:"):]
-    return None
-
-
 _NUMBER = re.compile(r"(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?:E([+-]?\d+))?([KMG]?)")
 _SCALE = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9}
 
@@ -364,7 +357,7 @@ def _reproduce(row: dict[str, Any], entry: MappingEntry, rows: pd.DataFrame) -> 
     # cost: counted on the architecture, or (dynamic models, architectures found by
     # training such as network slimming) taken from the runs of the mapped experiment
     counted = (entry.cost or ("runs" if spec.kind == "dynamic" else "count")) == "count"
-    base = _base_model(spec) or (None if counted or spec.kind == "dynamic" else model)
+    base = spec.base or (None if counted or spec.kind == "dynamic" else model)
     try:
         seeds = None
         if counted:
