@@ -7,9 +7,12 @@ A suite declares its comparisons in `suites.yaml`:
       - {candidate: digits_resnet20_lc, baseline: digits_resnet20_l1}
 
 `candidate` is an experiment, or a swept experiment whose points (`<name>--...`) form a curve.
-For each seed, the curve is the upper envelope of its operating points selected on `val`
+A swept `baseline` is compared point by point (`compare_each`: one comparison per point, by
+MACs): a curve against a set of static points, or against another curve's points. For each
+seed, the curve is the upper envelope of its operating points selected on `val`
 (the points no other point beats on val with fewer MACs), evaluated on `test` and linearly
-interpolated at the baseline's MACs; outside the curve's MACs range there is no verdict. The
+interpolated at the baseline's MACs; more than 5% outside the curve's MACs range there is no
+verdict. The
 difference (candidate − baseline, in the protocol's score: accuracy, or F-score) gets a 95%
 Welch interval over seeds and one verdict: above, below, or within noise. One seed on either
 side gives no verdict, and neither do two protocols (refused) or two points whose MACs differ
@@ -94,15 +97,21 @@ def val_front(points: pd.DataFrame) -> pd.DataFrame:
     return ordered.loc[keep]
 
 
-def envelope_at(front: pd.DataFrame, macs: float) -> float | None:
-    """The front's test score linearly interpolated at `macs`; None outside its MACs range."""
+def envelope_at(front: pd.DataFrame, macs: float, tolerance: float = EQUAL_MACS) -> float | None:
+    """The front's test score linearly interpolated at `macs`; within `tolerance` (relative)
+    beyond either end, that end's score (a controller makes a dynamic model's cheapest path
+    cost a little more than the static network it matches); None further out."""
     xs, ys = front["macs"].tolist(), front["test"].tolist()
-    if not xs or macs < xs[0] * (1 - 1e-9) or macs > xs[-1] * (1 + 1e-9):
+    if not xs or macs < xs[0] * (1 - tolerance) or macs > xs[-1] * (1 + tolerance):
         return None
+    if macs <= xs[0]:
+        return ys[0]
+    if macs >= xs[-1]:
+        return ys[-1]
     for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True), strict=False):
         if x0 <= macs <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (macs - x0) / (x1 - x0)
-    return ys[0]
+    return ys[-1]
 
 
 def _score(rows: pd.DataFrame) -> tuple[str, pd.Series]:
@@ -172,6 +181,17 @@ def compare(rows: pd.DataFrame, candidate: str, baseline: str) -> Comparison:
         seeds_candidate=len(cand_scores), seeds_baseline=int(base_scores.size),
         budget_candidate=budgets[0], budget_baseline=budgets[1], equal_budget=equal_budget, verdict=said,
     )  # fmt: skip
+
+
+def compare_each(rows: pd.DataFrame, candidate: str, baseline: str) -> list[Comparison]:
+    """`compare` against `baseline`, or against each of its sweep points when it is swept
+    (ordered by MACs)."""
+    members = _members(rows, baseline)
+    names = members["experiment"].astype(str).unique().tolist()
+    if len(names) <= 1:
+        return [compare(rows, candidate, baseline)]
+    macs = members[members["split"] == "test"].groupby("experiment")["macs_mean"].mean()
+    return [compare(rows, candidate, name) for name in sorted(names, key=lambda n: (macs.get(n, math.inf), n))]
 
 
 def comparisons_markdown(found: Sequence[Comparison], suite: str) -> str:

@@ -71,9 +71,18 @@ class ModelSpec:
     def base(self) -> str | None:
         """The static model this one is built on (its `base:` tag), e.g. LC-Net's backbone or
         an L1-pruned network's unpruned architecture; None when it names none."""
+        return self._tag_value("base")
+
+    @property
+    def reference(self) -> str | None:
+        """The static network a dynamic model is timed and costed against when it has no
+        backbone (its `reference:` tag): a D2NN design's reference path, trained alone."""
+        return self._tag_value("reference")
+
+    def _tag_value(self, key: str) -> str | None:
         for tag in self.tags:
-            if tag.startswith("base:"):
-                return tag[len("base:"):]
+            if tag.startswith(f"{key}:"):
+                return tag[len(key) + 1:]
         return None
 
     def describe(self) -> dict[str, Any]:

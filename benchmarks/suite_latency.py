@@ -62,14 +62,16 @@ def measure_runs(runs: Iterable[Path], data_root: str | os.PathLike | None = Non
 
 def _backbone(model: str, kind: str) -> str | None:
     """The static model a dynamic or pruned model is measured against: LC-Net's `base:` tag,
-    a pruned model's own architecture id; None where there is none (e.g. D2NN designs)."""
+    a D2NN design's `reference:` tag (its reference path trained alone), a pruned model's own
+    architecture id; None where there is none."""
     from benchmarks.registry import get_model_spec, is_model
 
     if kind == "static" or not is_model(model):
         return None
     if kind == "pruned":
         return model
-    return get_model_spec(model).base
+    spec = get_model_spec(model)
+    return spec.base or spec.reference
 
 
 def latency_columns(summary: pd.DataFrame, latency: pd.DataFrame) -> pd.DataFrame:
@@ -89,6 +91,9 @@ def latency_columns(summary: pd.DataFrame, latency: pd.DataFrame) -> pd.DataFram
             mine = p50.get((row["experiment"], batch))
             if base is None or static.empty or mine is None:
                 continue
+            # the full static network: the costliest point when the static model is swept
+            # (e.g. a D2NN cascade's stages 1..4)
+            static = static.sort_values("macs_mean", ascending=False)
             theirs = p50.get((static["experiment"].iloc[0], batch))
             macs_reduction = float(static["macs_mean"].iloc[0]) / float(row["macs_mean"])
             if theirs is not None and macs_reduction > 0:

@@ -907,8 +907,7 @@ def build_tables(
 
 def write_comparison_tables(suite: str, rows: pd.DataFrame, tables_dir: str | os.PathLike) -> list[Path]:
     """`<suite>_comparisons.{csv,md}`: the suite's declared comparisons with their verdicts."""
-    from benchmarks.comparisons import compare as compare_runs
-    from benchmarks.comparisons import comparisons_markdown
+    from benchmarks.comparisons import compare_each, comparisons_markdown
     from benchmarks.suites import suite_comparisons
 
     experiments = rows["experiment"].astype(str)
@@ -920,7 +919,7 @@ def write_comparison_tables(suite: str, rows: pd.DataFrame, tables_dir: str | os
     declared = [c for c in suite_comparisons(suite) if has_rows(c["candidate"]) and has_rows(c["baseline"])]
     if not declared:
         return []
-    found = [compare_runs(rows, c["candidate"], c["baseline"]) for c in declared]
+    found = [found for c in declared for found in compare_each(rows, c["candidate"], c["baseline"])]
     frame = pd.DataFrame([c.row() for c in found])
     stem = Path(tables_dir) / f"{suite}_comparisons"
     return [

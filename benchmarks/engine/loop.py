@@ -92,6 +92,7 @@ class Trainer:
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.method: Method = get_method(self.cfg["method"])(self.cfg)
         self.method.runs_root = self.run.path.parent
+        self.method.data_root = data_root
         self.options = self.cfg["dataset"].get("options") or None
         self.info = dataset_info(self.cfg["dataset"]["name"], self.options)
         train = self.cfg["train"]

@@ -69,6 +69,9 @@ class Method:
         #: where runs of this suite live (set by the Trainer); `experiment:<name>` references
         #: in method_args resolve there unless method_args.runs_root says otherwise
         self.runs_root: Path | None = None
+        #: the data root of the run (set by the Trainer), for methods that read a split
+        #: outside the loop (e.g. a calibration on val)
+        self.data_root: str | Path | None = None
         #: the dataset as the models see it (after `dataset.options`: padding, binary task)
         self.info = dataset_info(cfg["dataset"]["name"], cfg["dataset"].get("options") or None)
 

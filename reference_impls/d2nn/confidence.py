@@ -1,12 +1,13 @@
 """Thresholds of the confidence-threshold cascade, tuned on `val` only.
 
 The baseline stops after stage k where the top class probability of head k reaches the
-threshold t_k (`d2nn_cascade_confidence`). `tune_thresholds` runs the trained cascade once on
-the val split with every stage enabled, then scores every threshold vector of a grid
+threshold t_k (`d2nn_cascade_confidence`). `threshold_for_budget` runs the trained cascade
+once on the val split with every stage enabled, then scores every threshold vector of a grid
 analytically (exit of each sample, its prediction, the exact MACs of its path as the routing
-trace counts them), keeps the val Pareto front (score up, MACs down) and picks up to `points`
-vectors spread over its cost range. Each picked vector is then a final model, evaluated once
-on test by the harness.
+trace counts them) and keeps the vector with the best val score whose val MACs stay within
+the budget. The `d2nn_confidence` method (reference_impls.d2nn.method) calls it; a sweep over
+the budget traces the curve, one final model per budget, each evaluated once on test by the
+harness.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from reference_impls.d2nn.graph import D2NN
@@ -103,26 +103,39 @@ def pareto_front(points: Iterable[OperatingPoint]) -> list[OperatingPoint]:
     return front
 
 
-def tune_thresholds(
+def candidate_points(
     model: D2NN,
     val_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     metric: str,
-    points: int = 6,
     grid: Sequence[float] = DEFAULT_GRID,
-) -> list[OperatingPoint]:
-    """Up to `points` threshold vectors from the val Pareto front, spread over its MACs range
-    (for each of `points` evenly spaced MACs budgets, the best val score within budget)."""
+) -> tuple[list[OperatingPoint], int]:
+    """Every threshold vector of `grid` scored on val, and the MACs of the reference path."""
     predictions, confidences, targets, sample = exit_outputs(model, val_batches)
     costs = exit_macs(model, sample)
     candidates = [
         evaluate_thresholds(t, predictions, confidences, targets, costs, metric)
         for t in itertools.product(grid, repeat=predictions.shape[1] - 1)
     ]
-    front = pareto_front(candidates)
-    budgets = np.linspace(front[0].macs, front[-1].macs, points)
-    chosen: list[OperatingPoint] = []
-    for budget in budgets:
-        best = max((p for p in front if p.macs <= budget + 1e-9), key=lambda p: p.score)
-        if best not in chosen:
-            chosen.append(best)
-    return chosen
+    return candidates, model.reference_macs(sample)
+
+
+def threshold_for_budget(
+    model: D2NN,
+    val_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    metric: str,
+    macs_fraction: float,
+    grid: Sequence[float] = DEFAULT_GRID,
+) -> OperatingPoint:
+    """The threshold vector with the best val score whose mean val MACs are at most
+    `macs_fraction` of the reference path's (ties: the cheaper). ValueError when even the
+    cheapest vector costs more."""
+    candidates, reference = candidate_points(model, val_batches, metric, grid)
+    budget = macs_fraction * reference
+    within = [p for p in candidates if p.macs <= budget + 1e-9]
+    if not within:
+        cheapest = min(p.macs for p in candidates) / reference
+        raise ValueError(
+            f"no threshold vector keeps val MACs within {macs_fraction:g} of the reference path; "
+            f"the cheapest costs {cheapest:.3f}"
+        )
+    return max(within, key=lambda p: (p.score, -p.macs))

@@ -223,7 +223,7 @@ def _highlow_parts(
 @register_model(
     "d2nn_highlow", paper=PAPER, paper_url=PAPER_URL, kind="dynamic",
     variant="high-low capacity: trunk, Q-node, high- or low-capacity head",
-    datasets=SMALL_DATASETS, tags=("d2nn",),
+    datasets=SMALL_DATASETS, tags=("d2nn", "reference:d2nn_highlow_high"),
 )
 def d2nn_highlow(
     num_classes: int = 2, in_chans: int = 1, width: int = 16, stem: str = "none", q_hidden: int = 16,
@@ -315,7 +315,7 @@ def _cascade_graph(
 @register_model(
     "d2nn_cascade", paper=PAPER, paper_url=PAPER_URL, kind="dynamic",
     variant="cascade: 4 stages, stop/continue Q-nodes after stages 1-3",
-    datasets=SMALL_DATASETS, tags=("d2nn",),
+    datasets=SMALL_DATASETS, tags=("d2nn", "reference:d2nn_cascade_static"),
 )
 def d2nn_cascade(
     num_classes: int = 2, in_chans: int = 1, width: int = 16, stem: str = "none", q_hidden: int = 16,
@@ -329,7 +329,7 @@ def d2nn_cascade(
 @register_model(
     "d2nn_cascade_confidence", paper=PAPER, paper_url=PAPER_URL, kind="dynamic",
     variant="cascade with confidence-threshold exits (thresholds tuned on val; D2NN baseline)",
-    datasets=SMALL_DATASETS, tags=("d2nn", "d2nn-baseline"),
+    datasets=SMALL_DATASETS, tags=("d2nn", "d2nn-baseline", "reference:d2nn_cascade_static"),
 )
 def d2nn_cascade_confidence(
     num_classes: int = 2, in_chans: int = 1, width: int = 16, stem: str = "none",
@@ -395,7 +395,7 @@ def _chain_step(choice: str, channels: int, reduction: int) -> nn.Module:
 @register_model(
     "d2nn_chain", paper=PAPER, paper_url=PAPER_URL, kind="dynamic",
     variant="chain: per step a Q-node chooses full width, reduced width or skip",
-    datasets=SMALL_DATASETS, tags=("d2nn",),
+    datasets=SMALL_DATASETS, tags=("d2nn", "reference:d2nn_chain_static"),
 )
 def d2nn_chain(
     num_classes: int = 2, in_chans: int = 1, width: int = 16, stem: str = "none", steps: int = 3,
@@ -459,7 +459,7 @@ def _hier_parts(
 @register_model(
     "d2nn_hierarchical", paper=PAPER, paper_url=PAPER_URL, kind="dynamic",
     variant="hierarchical: root Q-node chooses the super-class branch; other leaves -inf",
-    datasets=("fashion-mnist", "ilsvrc10", "cifar10"), tags=("d2nn",),
+    datasets=("fashion-mnist", "ilsvrc10", "cifar10"), tags=("d2nn", "reference:d2nn_hierarchical_static"),
 )
 def d2nn_hierarchical(
     num_classes: int = 10, in_chans: int = 1, width: int = 16, stem: str = "none",

@@ -18,9 +18,15 @@ A stage's kind is its name, or `args.mode` (pretrain | joint).
 default 32 for F-score tasks, 1 for accuracy), `q_weight` (1.0), `epsilon` ({start: 1.0,
 end: 0.05, decay_fraction: 0.6}), `q_init` ("optimistic", a number, or null; see below),
 `q_lr_scale` (learning rate of the control nodes in the joint stage, as a multiple of the
-stage's; default 10, see below);
-`sweep` and `baselines` are read by the experiment driver (`reference_impls.d2nn.sweep`) and
-ignored here.
+stage's; default 10, see below). A λ curve is a `sweep:` over `method_args.lam`
+(benchmarks.sweeps), one run per point, like any swept experiment.
+
+`d2nn_confidence` turns a trained confidence-threshold cascade (`method_args.init`, e.g.
+`experiment:d2nn/fmnist_cascade_confidence`) into one operating point: its single stage,
+`calibrate` (0 epochs: it trains nothing), picks on `val` the thresholds with the best val
+score whose val MACs stay within `method_args.macs_fraction` of the reference path
+(reference_impls.d2nn.confidence). A sweep over `macs_fraction` traces the baseline's curve;
+every point's budget is its parent's training.
 
 [decision] Optimistic initial Q-values: when the joint stage starts, the bias of each control
 node's last linear layer is set to `q_init` ("optimistic": λ, the largest reward a sample can
@@ -57,10 +63,11 @@ from benchmarks.engine.method import f1_percent
 from benchmarks.errors import ConfigError
 from benchmarks.registry import create_model, get_model_spec
 from benchmarks.routing import trace
+from reference_impls.d2nn.confidence import DEFAULT_GRID, threshold_for_budget
 from reference_impls.d2nn.graph import D2NN
 from reference_impls.d2nn.learning import bag_ids, bag_q_loss, bag_rewards, epsilon_at, q_targets
 
-__all__ = ["D2NNMethod", "D2NNStaticMethod", "initial_q_values"]
+__all__ = ["D2NNConfidenceMethod", "D2NNMethod", "D2NNStaticMethod", "initial_q_values"]
 
 
 def _check_number(where: str, key: str, value: Any, low: float, high: float | None = None) -> float:
@@ -92,7 +99,7 @@ class D2NNStaticMethod(Method):
     executed MACs logged at evaluation."""
 
     name = "d2nn_static"
-    _ARGS: frozenset[str] = frozenset({"sweep", "baselines"})
+    _ARGS: frozenset[str] = frozenset()
 
     def __init__(self, cfg: dict[str, Any]):
         super().__init__(cfg)
@@ -177,7 +184,7 @@ class D2NNMethod(D2NNStaticMethod):
     """D2NN: pretrain every branch, then joint backpropagation + Q-learning."""
 
     name = "d2nn"
-    _ARGS = frozenset({"lam", "bag_size", "q_weight", "epsilon", "q_init", "q_lr_scale", "sweep", "baselines"})
+    _ARGS = frozenset({"lam", "bag_size", "q_weight", "epsilon", "q_init", "q_lr_scale"})
     MODES = ("pretrain", "joint")
 
     def __init__(self, cfg: dict[str, Any]):
@@ -314,3 +321,65 @@ class D2NNMethod(D2NNStaticMethod):
             "macs_ratio": float(cost.mean()),
             "epsilon": epsilon,
         }
+
+
+@register_method
+class D2NNConfidenceMethod(D2NNStaticMethod):
+    """A trained confidence-threshold cascade calibrated on `val` to a MACs budget (no
+    training: one `calibrate` stage of 0 epochs)."""
+
+    name = "d2nn_confidence"
+    _ARGS = frozenset({"init", "runs_root", "macs_fraction", "grid"})
+
+    def __init__(self, cfg: dict[str, Any]):
+        super().__init__(cfg)
+        if "init" not in self.args:
+            raise ConfigError(
+                f"{self.where}: method 'd2nn_confidence' needs 'method_args.init': the trained "
+                "confidence cascade to calibrate (e.g. experiment:d2nn/fmnist_cascade_confidence)"
+            )
+        self.macs_fraction = _check_number(self.where, "macs_fraction", self.args.get("macs_fraction", 1.0), 0.0, 1.0)
+        if self.macs_fraction == 0:
+            raise ConfigError(f"{self.where}: key 'method_args.macs_fraction' must be in (0, 1], got 0")
+        grid = self.args.get("grid", list(DEFAULT_GRID))
+        if not isinstance(grid, list) or not grid:
+            raise ConfigError(f"{self.where}: key 'method_args.grid' must be a non-empty list of thresholds")
+        self.grid = [_check_number(self.where, "grid", g, 0.0) for g in grid]
+
+    def stages(self) -> list[Stage]:
+        stages = super().stages()
+        if len(stages) != 1 or stages[0].epochs != 0:
+            raise ConfigError(
+                f"{self.where}: method 'd2nn_confidence' trains nothing; give one stage of 0 "
+                "epochs, e.g. stages: [{name: calibrate, epochs: 0}]"
+            )
+        return stages
+
+    def build_model(self, info: DatasetInfo) -> nn.Module:
+        from baselines.pruning.methods import resolve_init
+        from benchmarks.engine.checkpoint import build_from_checkpoint
+
+        stem = resolve_init(str(self.args["init"]), self.cfg, self.runs_root)
+        model, _ = build_from_checkpoint(stem)
+        expected = self.cfg["model"]["name"]
+        if model.arch_config["name"] != expected:
+            raise ConfigError(
+                f"{self.where}: method_args.init holds a '{model.arch_config['name']}', but model.name is '{expected}'"
+            )
+        return model
+
+    def start_stage(self, model: nn.Module, stage: Stage, info: DatasetInfo) -> nn.Module:
+        from benchmarks.data import load_split
+        from benchmarks.engine.batches import eval_batches
+
+        val = load_split(info.name, "val", self.data_root, options=self.cfg["dataset"].get("options") or None)
+        try:
+            point = threshold_for_budget(
+                model, eval_batches(val, self.cfg["train"]["eval_batch_size"]), self.metric, self.macs_fraction, self.grid
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{self.where}: {exc}") from None
+        kwargs = dict(model.arch_config.get("kwargs", {}), thresholds=list(point.thresholds))
+        calibrated = create_model(model.arch_config["name"], **kwargs)
+        calibrated.load_state_dict(model.state_dict())
+        return calibrated
