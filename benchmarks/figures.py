@@ -93,7 +93,9 @@ def operating_points(rows: pd.DataFrame, split: str = "test") -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     sel = rows[rows["split"] == split].copy()
     sel["metric"] = sel["dataset"].map(lambda d: dataset_metric(str(d)))
-    use_f1 = (sel["metric"] == "f1") & sel["f1"].notna()
+    # a task scored by F-score: the dataset's own (LFW-B), or one made binary by dataset
+    # options (Fashion-MNIST bag vs rest), whose rows carry an F-score
+    use_f1 = sel["f1"].notna()
     sel["metric"] = sel["metric"].where(use_f1, "accuracy")
     sel["score"] = sel["f1"].where(use_f1, sel["accuracy"]).astype(float)
     sel = sel[sel["score"].notna()]
@@ -375,6 +377,36 @@ def draw(
     return paths
 
 
+def comparison_groups(comparisons: Iterable[dict[str, str]]) -> list[list[str]]:
+    """Experiments linked by declared comparisons (candidate - baseline), as connected groups
+    in declaration order: e.g. one group per D2NN design with its static baselines."""
+    groups: list[list[str]] = []
+    for item in comparisons:
+        pair = [item["candidate"], item["baseline"]]
+        touching = [g for g in groups if set(g) & set(pair)]
+        merged = [name for g in touching for name in g]
+        merged += [name for name in pair if name not in merged]
+        groups = [g for g in groups if g not in touching] + [merged]
+    return groups
+
+
+def _split_by_groups(points: pd.DataFrame, groups: Sequence[Sequence[str]] | None) -> list[tuple[str, pd.DataFrame]]:
+    """(group name, its points) per group with points; ("", points) when there are no groups.
+    A sweep point `<name>--...` belongs to its experiment's group."""
+    if not groups:
+        return [("", points)]
+    base = points["experiment"].astype(str).str.split("--").str[0]
+    out, placed = [], pd.Series(False, index=points.index)
+    for group in groups:
+        inside = base.isin(list(group))
+        if inside.any():
+            out.append((str(group[0]), points[inside]))
+        placed |= inside
+    if (~placed).any():
+        out.append(("other", points[~placed]))
+    return out
+
+
 def _score_names(points: pd.DataFrame) -> tuple[str, str]:
     """(title word, y label) for the score plotted: F-score only if every point is one."""
     if len(points) and (points["metric"] == "f1").all():
@@ -394,12 +426,16 @@ def make_figures(
     published: pd.DataFrame | None = None,
     latency_files: Iterable[str | os.PathLike] | None = None,
     log: Callable[[str], None] | None = None,
+    groups: Sequence[Sequence[str]] | None = None,
 ) -> list[Path]:
     """Write the suite's figures under `out` and return their paths.
 
     `rows` are tidy result rows; `published` (rows of published.csv, e.g. the suite's scope
     from `benchmarks.tables.suite_published`) supplies the hollow published points; `latency_files` default to every `latency_summary.csv` under
-    `<out>/../latency` (where `dynbench latency` writes by default).
+    `<out>/../latency` (where `dynbench latency` writes by default). `groups` (lists of
+    experiment names, e.g. `comparison_groups` of the suite's declared comparisons) split a
+    protocol's figure into one figure per group, named after its first experiment; experiments
+    in no group share one more figure.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out)
@@ -420,21 +456,23 @@ def make_figures(
         if plain is None and not theirs.empty:
             panels.append((dataset, "", mine.iloc[0:0], theirs))
     for dataset, protocol, mine, theirs in panels:
-        series = reproduced_series(mine) + published_series(theirs)
-        if not series:
-            continue
-        only_published = all(s.kind == "published" for s in series)
-        score, ylabel = _score_names(mine)
-        label = protocol or dataset
-        paths += draw(
-            series,
-            out / f"{_slug(suite)}_accuracy_vs_macs_{_slug(label)}",
-            title=f"{label}: {score} vs MACs per image (suite '{suite}', test split)"
-            + ("\npublished numbers only: no reproduced accuracy yet" if only_published else ""),
-            xlabel="MACs per image (mean executed, batch 1)",
-            ylabel=ylabel,
-            count_axis=True,
-        )
+        for group, members in _split_by_groups(mine, groups):
+            series = reproduced_series(members) + published_series(theirs if not group else theirs.iloc[0:0])
+            if not series:
+                continue
+            only_published = all(s.kind == "published" for s in series)
+            score, ylabel = _score_names(members)
+            label = protocol or dataset
+            paths += draw(
+                series,
+                out / (f"{_slug(suite)}_accuracy_vs_macs_{_slug(label)}" + (f"_{_slug(group)}" if group else "")),
+                title=f"{score} vs MACs per image: {label}" + (f", {group}" if group else "")
+                + f"\n(suite '{suite}', test split, mean ± std over seeds)"
+                + ("\npublished numbers only: no reproduced accuracy yet" if only_published else ""),
+                xlabel="MACs per image (mean executed, batch 1)",
+                ylabel=ylabel,
+                count_axis=True,
+            )
     if latency_files is None:
         root = out.parent / "latency"
         latency_files = sorted(root.rglob("latency_summary.csv")) if root.is_dir() else []

@@ -312,13 +312,16 @@ def reproduce(
     write_results(frame, report.rows_file)
     # Seed means, the comparison with published numbers (architecture counts need no
     # training) and the trade-off figures.
-    from benchmarks.figures import make_figures
+    from benchmarks.figures import comparison_groups, make_figures
     from benchmarks.tables import build_tables
 
     log(f"[{suite}] tables: comparing with published numbers")
     tables = build_tables(suite, tables_dir, rows=frame, runs_root=runs_root)
     report.tables = [report.rows_file, *tables.files]
     report.drifted = len(tables.failures)
-    report.figures = make_figures(suite, frame, out / "figures", published=tables.published, log=log)
+    # a suite of several comparison groups (e.g. D2NN's designs) gets one figure per group
+    groups = comparison_groups(suite_comparisons(suite, suites))
+    groups = groups if len(groups) > 1 else None
+    report.figures = make_figures(suite, frame, out / "figures", published=tables.published, log=log, groups=groups)
     report.seconds = time.perf_counter() - started
     return report

@@ -22,7 +22,7 @@ from reference_impls.d2nn.graph import D2NN
 from reference_impls.d2nn.learning import f1_score
 
 #: candidate thresholds per control node; 2.0 never stops (a probability never reaches it)
-DEFAULT_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 2.0)
+DEFAULT_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 2.0)
 
 
 @dataclass(frozen=True)
@@ -92,15 +92,6 @@ def evaluate_thresholds(
     chosen = predictions.gather(1, exit_at[:, None]).squeeze(1)
     macs = float(torch.tensor(costs, dtype=torch.float64)[exit_at].mean())
     return OperatingPoint(tuple(float(t) for t in thresholds), score(chosen, targets, metric), macs)
-
-
-def pareto_front(points: Iterable[OperatingPoint]) -> list[OperatingPoint]:
-    """Points not beaten by another on both score (higher) and MACs (lower), by MACs."""
-    front: list[OperatingPoint] = []
-    for p in sorted(points, key=lambda p: (p.macs, -p.score)):
-        if not front or p.score > front[-1].score:
-            front.append(p)
-    return front
 
 
 def candidate_points(

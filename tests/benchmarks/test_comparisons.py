@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from benchmarks.comparisons import compare, envelope_at, val_front, verdict, welch
+from benchmarks.comparisons import compare, compare_each, envelope_at, val_front, verdict, welch
 from benchmarks.errors import ConfigError
 from benchmarks.results import results_frame
 
@@ -45,7 +45,9 @@ def test_the_envelope_is_selected_on_val_and_interpolated_on_test():
     front = val_front(points)
     assert front["macs"].tolist() == [100, 200, 300]  # 250 loses on val to 200: not selected
     assert envelope_at(front, 150) == pytest.approx(91.5) and envelope_at(front, 300) == 96
-    assert envelope_at(front, 99) is None and envelope_at(front, 301) is None
+    assert envelope_at(front, 94) is None and envelope_at(front, 316) is None  # > 5% beyond the ends
+    # within 5% of an end (a controller's few MACs): that end's score
+    assert envelope_at(front, 99) == 89 and envelope_at(front, 310) == 96
 
 
 def test_a_curve_against_a_point_over_seeds():
@@ -81,3 +83,14 @@ def test_suite_comparisons_are_declared_as_data():
     from benchmarks.suites import suite_comparisons
 
     assert {"candidate": "digits_resnet20_lc", "baseline": "digits_resnet20_l1"} in suite_comparisons("quick")
+
+
+def test_a_swept_baseline_is_compared_point_by_point_in_order_of_macs():
+    points = []
+    for seed in range(3):
+        points += [("dyn--lam0.5", seed, 100, 90 + seed, 90 + seed), ("dyn--lam0.9", seed, 400, 95 + seed, 95 + seed)]
+        points += [("static--stages4", seed, 400, 94, 94 + seed / 10), ("static--stages2", seed, 100, 80, 80 + seed / 10)]
+    found = compare_each(_rows(points), "dyn", "static")
+    assert [c.baseline for c in found] == ["static--stages2", "static--stages4"]
+    assert [c.verdict for c in found] == ["above", "within noise"]
+    assert len(compare_each(_rows(points), "dyn", "static--stages4")) == 1

@@ -7,6 +7,7 @@ import math
 import pandas as pd
 
 from benchmarks.figures import (
+    comparison_groups,
     join_latency,
     load_latency,
     make_figures,
@@ -162,3 +163,19 @@ def test_f_score_datasets_plot_the_f_score(tmp_path):
     assert list(points["score"]) == [80.0, 85.0] and set(points["metric"]) == {"f1"}
     (svg,) = [p for p in make_figures("d2nn", rows, tmp_path, latency_files=[]) if p.suffix == ".svg"]
     assert "F-score on test (%)" in svg.read_text()
+
+
+def test_a_task_made_binary_by_dataset_options_plots_its_f_score():
+    rows = results_frame([make_row(experiment="hl", model="d2nn_highlow", kind="dynamic", method="d2nn",
+                                   dataset="fashion-mnist", split="test", seed=0, accuracy=98.0, f1=91.0, macs_mean=1e5)])  # fmt: skip
+    assert operating_points(rows)["score"].tolist() == [91.0]
+
+
+def test_comparison_groups_give_one_figure_per_group(tmp_path):
+    groups = comparison_groups([{"candidate": "a", "baseline": "a_static"}, {"candidate": "b", "baseline": "b_static"},
+                                {"candidate": "b", "baseline": "b_other"}, {"candidate": "x", "baseline": "a_static"}])  # fmt: skip
+    assert groups == [["b", "b_static", "b_other"], ["a", "a_static", "x"]]
+    rows = results_frame([row(name, "digits_cnn", "static", "supervised", 90.0 + i, 1e5 * (i + 1))
+                          for i, name in enumerate(["a--lam0.5", "a_static", "b", "b_static", "lonely"])])  # fmt: skip
+    names = sorted(p.stem for p in make_figures("s", rows, tmp_path, latency_files=[], groups=groups) if p.suffix == ".png")
+    assert [n.rsplit("_", 1)[-1] for n in names] == ["a", "b", "other"]

@@ -41,3 +41,16 @@ def test_a_backbone_of_another_protocol_is_not_used():
     summary.loc[summary["experiment"] == "static", "protocol"] = "digits-32px-051b"
     latency = pd.DataFrame([{"experiment": "static", "batch_size": 1, "p50_ms": 2.0}, {"experiment": "pruned", "batch_size": 1, "p50_ms": 1.0}])
     assert pd.isna(latency_columns(summary, latency).set_index(["experiment", "split"]).loc[("pruned", "test"), "realization_b1"])
+
+
+def test_a_d2nn_design_is_timed_against_the_full_static_network_of_its_reference_path():
+    summary = pd.DataFrame([{"experiment": e, "model": m, "kind": k, "macs_mean": macs, "protocol": P, "split": "test"}
+                            for e, m, k, macs in [("casc--lam0.9", "d2nn_cascade", "dynamic", 100_000),
+                                                  ("static--stages2", "d2nn_cascade_static", "static", 50_000),
+                                                  ("static--stages4", "d2nn_cascade_static", "static", 400_000)]])  # fmt: skip
+    latency = pd.DataFrame([{"experiment": "casc--lam0.9", "batch_size": 1, "p50_ms": 1.0},
+                            {"experiment": "static--stages2", "batch_size": 1, "p50_ms": 0.5},
+                            {"experiment": "static--stages4", "batch_size": 1, "p50_ms": 2.0}])  # fmt: skip
+    out = latency_columns(summary, latency).set_index("experiment")
+    # 2x faster than stages 1..4 (the `reference:` tag's costliest point) for 4x fewer MACs
+    assert out.loc["casc--lam0.9", "realization_b1"] == pytest.approx(0.5)
