@@ -96,7 +96,7 @@ def operating_points(rows: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     # a task scored by F-score: the dataset's own (LFW-B), or one made binary by dataset
     # options (Fashion-MNIST bag vs rest), whose rows carry an F-score
     use_f1 = sel["f1"].notna()
-    sel["metric"] = sel["metric"].where(use_f1, "accuracy")
+    sel["metric"] = use_f1.map({True: "f1", False: "accuracy"})
     sel["score"] = sel["f1"].where(use_f1, sel["accuracy"]).astype(float)
     sel = sel[sel["score"].notna()]
     if sel.empty:
@@ -348,11 +348,20 @@ def draw(
             xlabel += " (log scale)"
         else:
             ax.set_xlim(0, max(xs) * 1.08 if xs else None)  # a linear cost axis starts at zero
+        top = max((y for s in series for y in s.y if math.isfinite(y)), default=0.0)
+        floor = 0.5 * top  # a degenerate point (e.g. F-score 0) would squash the informative range
         ys = [y + sign * (e if math.isfinite(e) else 0.0) for s in series
-              for y, e in zip(s.y, s.y_err, strict=True) for sign in (-1, 1) if math.isfinite(y)]  # fmt: skip
+              for y, e in zip(s.y, s.y_err, strict=True) for sign in (-1, 1) if math.isfinite(y) and y >= floor]  # fmt: skip
         if ys:  # accuracy axis: a margin around the points, never above 100%
             margin = max(1.0, 0.08 * (max(ys) - min(ys)))
-            ax.set_ylim(max(0.0, min(ys) - margin), min(100.0, max(ys) + margin))
+            low = max(0.0, min(ys) - margin)
+            ax.set_ylim(low, min(100.0, max(ys) + margin))
+            for i, s in enumerate(reproduced):  # points below the axis: on its edge, value printed
+                for x, y in zip(s.x, s.y, strict=True):
+                    if math.isfinite(y) and y < low:
+                        color = palette[i % len(palette)]
+                        ax.plot(x, low, "v", color=color, markersize=7, clip_on=False, zorder=4)
+                        ax.annotate(f"{y:.1f}", (x, low), xytext=(4, 3), textcoords="offset points", fontsize=6.5, color=color)
         if count_axis:
             ax.xaxis.set_major_formatter(FuncFormatter(_format_count))
         ax.set_xlabel(xlabel)

@@ -61,6 +61,15 @@ def suite_comparisons(suite: str, suites: dict[str, dict[str, Any]] | None = Non
     return found
 
 
+def figure_groups(suite: str, suites: dict[str, dict[str, Any]] | None = None) -> list[list[str]] | None:
+    """The experiment groups a suite's figures are split by: the connected groups of its
+    declared comparisons when there are several (e.g. one per D2NN design), else None."""
+    from benchmarks.figures import comparison_groups
+
+    groups = comparison_groups(suite_comparisons(suite, suites))
+    return groups if len(groups) > 1 else None
+
+
 def run_job(cfg: dict[str, Any], seed: int, runs_root: Path, data_root: Any, device: str | None, log=None) -> tuple[Path, bool]:
     """Train (or reuse) and evaluate one run; (its folder, whether it was trained here)."""
     from benchmarks.engine import Trainer
@@ -312,16 +321,14 @@ def reproduce(
     write_results(frame, report.rows_file)
     # Seed means, the comparison with published numbers (architecture counts need no
     # training) and the trade-off figures.
-    from benchmarks.figures import comparison_groups, make_figures
+    from benchmarks.figures import make_figures
     from benchmarks.tables import build_tables
 
     log(f"[{suite}] tables: comparing with published numbers")
     tables = build_tables(suite, tables_dir, rows=frame, runs_root=runs_root)
     report.tables = [report.rows_file, *tables.files]
     report.drifted = len(tables.failures)
-    # a suite of several comparison groups (e.g. D2NN's designs) gets one figure per group
-    groups = comparison_groups(suite_comparisons(suite, suites))
-    groups = groups if len(groups) > 1 else None
-    report.figures = make_figures(suite, frame, out / "figures", published=tables.published, log=log, groups=groups)
+    report.figures = make_figures(suite, frame, out / "figures", published=tables.published, log=log,
+                                  groups=figure_groups(suite, suites))  # fmt: skip
     report.seconds = time.perf_counter() - started
     return report

@@ -73,6 +73,7 @@ def figures(suite: str, out: str, tables_dir: str, latency_files: tuple[str, ...
 
     from benchmarks.errors import ConfigError
     from benchmarks.figures import make_figures
+    from benchmarks.suites import figure_groups
     from benchmarks.tables import suite_published, suite_rows
 
     for path in latency_files:  # named explicitly: a missing one is a mistake, not a skip
@@ -80,7 +81,8 @@ def figures(suite: str, out: str, tables_dir: str, latency_files: tuple[str, ...
             raise ConfigError(f"--latency '{path}' does not exist")
     rows = suite_rows(suite, tables_dir)
     published = None if no_published else suite_published(suite)
-    paths = make_figures(suite, rows, out, published=published, latency_files=latency_files or None)
+    paths = make_figures(suite, rows, out, published=published, latency_files=latency_files or None,
+                         groups=figure_groups(suite))  # fmt: skip
     if not paths:
         click.echo(f"suite '{suite}': nothing to plot (no test rows and no published points)")
         return

@@ -1,0 +1,290 @@
+"""The GPU latency suite: one prepared run that measures what the suite's models do on a GPU.
+
+    python -m benchmarks.gpu_suite --device cuda --out results/latency/gpu
+    python -m benchmarks.gpu_suite --device cpu --small --out /tmp/gpu-suite   # a dry run
+
+For each pair of a dynamic model and the static network it is measured against (LC-Net L, C
+and LC on CIFAR ResNet-56; the D2NN cascade against its four stages alone), at batch 1, 64
+and 256, in both engines, in float32 and under autocast (float16), in contiguous and
+channels_last memory: the interleaved realization measurement of `benchmarks.latency`
+(CUDA events on a GPU), with the MACs the trace counts on the timed images. Then CUDA
+graphs: each static network, and each dynamic model in the masked engine (fixed work per
+batch: the only execution without host synchronisation), captured and replayed at each batch
+size; where a capture fails, the row says why.
+
+Weights are generated (seeded), BatchNorm statistics are calibrated on the sample set and
+the controllers are centred on it (`benchmarks.goldens.inference`), so that the gates route
+about half of the work: the timings measure execution, not accuracy. Inputs are the
+protocol's latency sample set (Fashion-MNIST test images; padded to 32×32 for the ResNets).
+
+Writes to `--out`: `realization.csv` (one row per pair × precision × memory format × batch
+× engine: latency, MACs, speed-up, realization ratio), `measurements.csv` (every timed
+measurement with its environment columns), `graphs.csv`, and `environment.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+#: (pair name, dynamic model id, kwargs, static model id, kwargs, dataset options)
+PAIRS: tuple[tuple[str, str, dict[str, Any], str, dict[str, Any], dict[str, Any]], ...] = (
+    ("lcnet_l_resnet56", "lcnet_l_cifar_resnet56", {}, "cifar_resnet56", {}, {"pad_to": 32}),
+    ("lcnet_c_resnet56", "lcnet_c_cifar_resnet56", {}, "cifar_resnet56", {}, {"pad_to": 32}),
+    ("lcnet_lc_resnet56", "lcnet_lc_cifar_resnet56", {}, "cifar_resnet56", {}, {"pad_to": 32}),
+    ("d2nn_cascade", "d2nn_cascade", {"width": 16}, "d2nn_cascade_static", {"width": 16, "stages": 4},
+     {"positive_classes": [8]}),
+)  # fmt: skip
+PRECISIONS = ("float32", "amp")
+MEMORY_FORMATS = (False, True)  # channels_last
+
+
+class Autocast(nn.Module):
+    """Runs the wrapped model under autocast (float16 on CUDA, bfloat16 on a CPU), weights
+    kept in float32: mixed precision as a user would deploy it."""
+
+    def __init__(self, model: nn.Module, device: str):
+        super().__init__()
+        self.model = model
+        self.device_type = torch.device(device).type
+        self.dtype = torch.float16 if self.device_type == "cuda" else torch.bfloat16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(x)
+
+
+@dataclass
+class Pair:
+    name: str
+    dynamic: nn.Module
+    static: nn.Module
+    dynamic_id: str
+    static_id: str
+    samples: Any
+
+
+def build_pair(spec: tuple, data_root: str | None, count: int, seed: int = 0) -> Pair:
+    """Seeded models on the protocol's sample set: BatchNorm calibrated, controllers centred."""
+    from benchmarks.data import dataset_info
+    from benchmarks.goldens.inference import calibrate_batchnorm, centre_controllers
+    from benchmarks.latency import latency_sample_set
+    from benchmarks.registry import create_model
+
+    name, dynamic_id, dynamic_kwargs, static_id, static_kwargs, options = spec
+    info = dataset_info("fashion-mnist", options)
+    samples = latency_sample_set("fashion-mnist", count=count, data_root=data_root, options=options)
+    common = {"num_classes": info.num_classes, "in_chans": info.input_shape[0]}
+    models = []
+    for model_id, kwargs in ((dynamic_id, dynamic_kwargs), (static_id, static_kwargs)):
+        torch.manual_seed(seed)
+        model = create_model(model_id, **common, **kwargs)
+        calibrate_batchnorm(model, samples.images)
+        centre_controllers(model, samples.images)
+        models.append(model.eval())
+    return Pair(name, models[0], models[1], dynamic_id, static_id, samples)
+
+
+def _wrap(model: nn.Module, precision: str, device: str) -> nn.Module:
+    return Autocast(model, device) if precision == "amp" else model
+
+
+def measure_pairs(pairs: Sequence[Pair], device: str, batch_sizes: Sequence[int], timing: dict[str, Any],
+                  log: Callable[[str], None], on_progress: Callable[[list, list], None] | None = None,
+                  ) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """Interleaved realization measurements of every pair in every precision and format
+    (`on_progress` gets the rows so far after each setting: a run cut short keeps them)."""
+    from benchmarks.latency import LatencyConfig, measure_realization
+
+    realization, measured = [], []
+    for pair in pairs:
+        for precision in PRECISIONS:
+            for channels_last in MEMORY_FORMATS:
+                setting = {"pair": pair.name, "precision": precision, "channels_last": channels_last}
+                started = time.perf_counter()
+                config = LatencyConfig(device=device, batch_sizes=tuple(batch_sizes), threads=None,
+                                       channels_last=channels_last, **timing)  # fmt: skip
+                try:
+                    result = measure_realization(
+                        _wrap(pair.dynamic, precision, device), _wrap(pair.static, precision, device),
+                        pair.samples, pair.dynamic_id, pair.static_id, config, rounds=2,
+                    )  # fmt: skip
+                except Exception as exc:  # one setting that fails is reported; the others still run
+                    realization.append(dict(setting, note=f"{type(exc).__name__}: {str(exc)[:300]}"))
+                    log(f"[gpu-suite] {pair.name} {precision} channels_last={channels_last} FAILED: {exc}")
+                    continue
+                realization += [dict(setting, **row) for row in result.rows]
+                measured += [dict(setting, **m.row) for m in result.static + result.dynamic]
+                log(f"[gpu-suite] {pair.name} {precision} channels_last={channels_last}: "
+                    f"{time.perf_counter() - started:.1f}s")  # fmt: skip
+                if on_progress is not None:
+                    on_progress(realization, measured)
+    return realization, measured
+
+
+def graph_latency(model: nn.Module, batch: torch.Tensor, replays: int) -> float:
+    """Median ms per replay of `model(batch)` captured in a CUDA graph (CUDA events)."""
+    static_input = batch.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.inference_mode():
+        for _ in range(3):  # warm-up on a side stream, as capture requires
+            model(static_input)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.inference_mode():
+        model(static_input)
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return float(sorted(times)[len(times) // 2])
+
+
+def measure_graphs(pairs: Sequence[Pair], device: str, batch_sizes: Sequence[int], replays: int,
+                   log: Callable[[str], None]) -> list[dict]:  # fmt: skip
+    """CUDA-graph replay latency of each static network and each dynamic model in the masked
+    engine, beside the eager latency of the same call (same events, same batch)."""
+    from benchmarks.latency import round_robin_batches
+    from benchmarks.routing import set_engine
+
+    rows = []
+    seen: set[str] = set()
+    for pair in pairs:
+        subjects = [(pair.dynamic_id, pair.dynamic, "masked")]
+        if pair.static_id not in seen:
+            subjects.insert(0, (pair.static_id, pair.static, "none"))
+            seen.add(pair.static_id)
+        for model_id, model, engine in subjects:
+            if engine != "none":
+                set_engine(model, engine)
+            model.to(device).eval()
+            for precision in PRECISIONS:
+                runnable = _wrap(model, precision, device)
+                for batch_size in batch_sizes:
+                    batch = round_robin_batches(pair.samples.images.to(device), int(batch_size))[0]
+                    row = {"pair": pair.name, "model": model_id, "engine": engine, "precision": precision,
+                           "batch_size": int(batch_size), "device": device}  # fmt: skip
+                    if torch.device(device).type != "cuda":
+                        rows.append(dict(row, graph_ms=None, eager_ms=None, note="CUDA graphs need a CUDA device"))
+                        continue
+                    try:
+                        eager = _eager_ms(runnable, batch, replays)
+                        graphed = graph_latency(runnable, batch, replays)
+                        rows.append(dict(row, graph_ms=graphed, eager_ms=eager, note=""))
+                    except Exception as exc:  # a capture that fails is a finding, not a crash
+                        rows.append(dict(row, graph_ms=None, eager_ms=None, note=f"{type(exc).__name__}: {str(exc)[:200]}"))
+                        with contextlib.suppress(Exception):  # a failed capture may leave an error pending
+                            torch.cuda.synchronize()
+                    log(f"[gpu-suite] graph {model_id} {engine} {precision} b{batch_size}: {rows[-1]['graph_ms']}")
+            if engine != "none":
+                set_engine(model, "sparse")
+    return rows
+
+
+def _eager_ms(model: nn.Module, batch: torch.Tensor, replays: int) -> float:
+    times = []
+    with torch.inference_mode():
+        for _ in range(3):
+            model(batch)
+        for _ in range(replays):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(batch)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return float(sorted(times)[len(times) // 2])
+
+
+def run(device: str, out: str | Path, *, small: bool = False, data_root: str | None = None,
+        pairs: Sequence[str] | None = None, log: Callable[[str], None] | None = None) -> list[Path]:  # fmt: skip
+    """Measure everything (or the `pairs` named) and write the CSVs and the environment record
+    under `out`."""
+    from benchmarks.environment import environment_record
+    from benchmarks.io import atomic_write_text, ensure_dir
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        from benchmarks.errors import DynbenchError
+
+        raise DynbenchError("--device cuda was asked for, but torch sees no CUDA device")
+    unknown = sorted(set(pairs or ()) - {spec[0] for spec in PAIRS})
+    if unknown:
+        from benchmarks.errors import UnknownNameError
+
+        raise UnknownNameError("pair", unknown[0], [spec[0] for spec in PAIRS])
+    out = ensure_dir(out)
+    started = time.perf_counter()
+    batch_sizes = (1, 4) if small else (1, 64, 256)
+    timing = (dict(repeats=2, warmup_iters=1, warmup_s=0.0, min_time_s=0.0, retries=0) if small
+              else dict(repeats=20, warmup_iters=5, warmup_s=0.2, min_time_s=0.4, retries=1))  # fmt: skip
+    env = environment_record(torch.device(device))
+    env["small"] = small
+    files: list[Path] = []
+
+    def write(name: str, rows: list[dict]) -> None:
+        path = atomic_write_text(out / name, pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
+        if path not in files:
+            files.append(path)
+
+    def write_env(finished: bool) -> None:
+        env["gpu_suite_seconds"] = round(time.perf_counter() - started, 1)
+        env["finished"] = finished
+        path = atomic_write_text(out / "environment.json", json.dumps(env, indent=2, sort_keys=True, default=str) + "\n")
+        if path not in files:
+            files.append(path)
+
+    write_env(False)
+    chosen = [build_pair(spec, data_root, count=16 if small else 256) for spec in PAIRS if not pairs or spec[0] in pairs]
+
+    def progress(realization: list[dict], measured: list[dict]) -> None:
+        write("realization.csv", realization)
+        write("measurements.csv", measured)
+        write_env(False)
+
+    realization, measured = measure_pairs(chosen, device, batch_sizes, timing, log, progress)
+    progress(realization, measured)
+    write("graphs.csv", measure_graphs(chosen, device, batch_sizes, replays=5 if small else 50, log=log))
+    write_env(True)
+    log(f"[gpu-suite] done in {env['gpu_suite_seconds']}s")
+    return files
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_suite", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (a dry run)")
+    parser.add_argument("--out", default="results/latency/gpu", help="where the CSVs go")
+    parser.add_argument("--small", action="store_true", help="tiny sizes and timings (tests, a dry run)")
+    parser.add_argument("--data-root", default=None, help="where fashion-mnist/ is (default: the usual places)")
+    parser.add_argument("--pair", action="append", dest="pairs", metavar="NAME",
+                        help=f"measure only this pair (repeatable): {', '.join(s[0] for s in PAIRS)}")
+    args = parser.parse_args(argv)
+    from benchmarks.errors import DynbenchError
+
+    try:
+        for path in run(args.device, args.out, small=args.small, data_root=args.data_root, pairs=args.pairs):
+            print(path)
+    except DynbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
