@@ -11,8 +11,9 @@ suite's design where the paper's details were not available (docs/lcnet.md lists
 * [decision] One gate head per residual block reading the block input through global average
   pooling: `Linear(C_in, 16) -> ReLU -> Linear(16, k) -> sigmoid`. L-Net (k = 1) gives
   `s ∈ (0, 1)`: the residual branch runs iff `s >= tau_l` and its output is then multiplied by
-  `s`. C-Net (k = C_mid) gives `c ∈ (0, 1)^C_mid` for the output channels of the block's first
-  convolution: channels with `c >= tau_c` are computed and scaled by `c`, the others are not
+  `s / s0`, `s0` the value a fresh head outputs (`gate_init`, see `GateHead`). C-Net (k =
+  C_mid) gives `c ∈ (0, 1)^C_mid` for the output channels of the block's first convolution:
+  channels with `c >= tau_c` are computed and scaled by `c / c0`, the others are not
   computed, and neither are the matching input channels of the second convolution. The
   convolution that feeds the residual sum is never gated. Downsampling blocks always run (no
   L-Net head there) but may have their channels gated. In LC-Net, C-Net runs only for the
@@ -83,8 +84,10 @@ class GateHead(nn.Sequential):
     """`Linear(in, hidden) -> ReLU -> Linear(hidden, out) -> sigmoid` on a pooled feature vector.
 
     A controller (`benchmarks.routing.mark_controller`): its MACs are reported as controller
-    MACs. The last bias starts at logit(`init`), so a fresh head keeps (almost) everything and
-    the wrapped backbone starts close to the static network it was built from.
+    MACs. The last layer starts with zero weights and bias logit(`init`), so a fresh head
+    outputs exactly `init` for every input: it keeps everything (`init` above the threshold),
+    and `scale` (the gate value over `init_value`) is exactly 1, so the wrapped backbone starts
+    as the static network it was built from [decision].
     """
 
     def __init__(self, in_features: int, out_features: int, hidden: int = 16, init: float = 0.9):
@@ -93,8 +96,16 @@ class GateHead(nn.Sequential):
         super().__init__(
             nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features), nn.Sigmoid()
         )
+        nn.init.zeros_(self[2].weight)
         nn.init.constant_(self[2].bias, math.log(init / (1.0 - init)))
+        #: the gate value of a fresh head, as this head computes it (float32 sigmoid of its bias)
+        self.init_value = float(torch.sigmoid(self[2].bias.detach()[:1].float()))
         mark_controller(self)
+
+    def scale(self, value: torch.Tensor) -> torch.Tensor:
+        """The factor a kept output is multiplied by: the gate value relative to a fresh head's
+        (1 at the start; the heads learn to scale up or down from there)."""
+        return value / self.init_value
 
     @property
     def macs(self) -> int:
@@ -213,20 +224,20 @@ class LCNetBlock(DynamicModule):
             c = self.cnet(pooled)
             self._soft["c"] = c  # masked engine / training: every row of the batch
             if self.training:
-                # c · 1[c >= tau]: exact zeros for dropped channels, gradient of c (STE).
+                # scale(c) · 1[c >= tau]: exact zeros for dropped channels, gradient of c (STE).
                 # The in-mask is left out while training: the gate already zeroes those
                 # inputs, and masking them again would block the straight-through gradient.
-                gate = c * straight_through(c, self.tau_c)
+                gate = self.cnet.scale(c) * straight_through(c, self.tau_c)
             else:
                 in_mask = decide_threshold(c, self.tau_c, unit=f"{self._unit()}.cnet")
-                gate = c * in_mask
+                gate = self.cnet.scale(c) * in_mask
         h = self.conv1(x, gate=gate)
         if self.conv3 is None:
             r = self.conv2(h, in_mask=in_mask)
         else:
             r = self.conv3(self.conv2(h, in_mask=in_mask))
         if s is not None:
-            r = r * s.view(-1, 1, 1, 1).to(r.dtype)
+            r = r * self.lnet.scale(s).view(-1, 1, 1, 1).to(r.dtype)
         return self.relu(r + self.shortcut(x))
 
     # --- cost -------------------------------------------------------------------------------

@@ -55,6 +55,8 @@ CASES = {
     "malformed run config": (lambda t: ["eval", str(_damaged_run(t))], "is malformed"),
     "weights of another architecture": (lambda t: ["eval", str(_swapped_weights(t))], "does not fit the model"),
     "reproduce unknown suite": (lambda t: ["reproduce", "quik", "--out", str(t / "out")], "unknown suite 'quik'. Did you mean: quick"),
+    "reproduce --seeds 0": (lambda t: ["reproduce", "quick", "--seeds", "0", "--out", str(t / "out")], "'--seeds': 0 is not in the range x>=1"),
+    "seeds: []": (lambda t: ["train", str(_config(t, seeds=[]))], "key 'seeds' must be a non-empty list of non-negative integers, got []"),
     "latency --batch 100000000": (lambda t: ["latency", "digits_cnn", "--batch", "1,100000000"], "batch size 100,000,000 is too large"),
     "latency --warmup-s nan": (lambda t: ["latency", "digits_cnn", "--warmup-s", "nan"], "--warmup-s must be a finite number of seconds"),
     "latency --min-time-s inf": (lambda t: ["latency", "digits_cnn", "--min-time-s", "inf"], "--min-time-s must be a finite number of seconds"),

@@ -24,9 +24,13 @@ def digits() -> torch.Tensor:
 
 
 def _mixed(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics, as after training; heads start near their thresholds."""
+    """Non-trivial BN statistics and gate heads that read their input, as after training (a
+    fresh head's last layer is zero: it gives every sample the same value)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        for head in model.heads() if isinstance(model, LCNet) else []:
+            bound = head[2].in_features ** -0.5
+            head[2].weight.copy_((torch.rand(head[2].weight.shape, generator=generator) * 2 - 1) * bound)
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=generator) + 0.5)
@@ -279,6 +283,21 @@ def test_straight_through_gate():
 
 
 # --- structure --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("engine", ["masked", "sparse"])
+def test_a_freshly_wrapped_backbone_gives_the_backbones_logits(mode, engine, digits):
+    """Gates on, nothing trained yet: every gate keeps everything at scale exactly 1."""
+    torch.manual_seed(0)
+    static = _mixed(create_model("cifar_resnet20", num_classes=10, in_chans=1))
+    model = create_model(f"lcnet_{mode}_cifar_resnet20", num_classes=10, in_chans=1)
+    model.load_backbone_state(static.state_dict())
+    assert all(float(head.scale(torch.tensor(head.init_value))) == 1.0 for head in model.heads())
+    logits, t = _run(model.eval(), digits, engine)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, static(digits), rtol=1e-6, atol=1e-6)
+    assert (t.macs_executed >= model.full_macs((8, 8))).all()  # nothing skipped
 
 
 @pytest.mark.parametrize("backbone", ["cifar_resnet20", "resnet18"])
