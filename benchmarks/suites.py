@@ -92,6 +92,20 @@ def run_job(cfg: dict[str, Any], seed: int, runs_root: Path, data_root: Any, dev
     return run.path, True
 
 
+def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """Pool initializer: end this worker when the `reproduce` process that started it is gone
+    (killed, say), instead of running on with the queued runs. A run it leaves half done is
+    resumed by the next `reproduce`, like any interrupted run."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _job_in_process(cfg: dict[str, Any], seed: int, runs_root: Path, data_root: Any, device: str | None, threads: int) -> tuple[Path, bool]:
     import torch
 
@@ -136,7 +150,9 @@ def _run_parallel(suite: str, work: list[tuple[dict[str, Any], int]], runs_root:
     executor = _cluster_executor(launcher, runs_root, jobs, threads, cluster or {}) if launcher != "local" else None
     where = f"{jobs} processes" if executor is None else f"a {launcher} job array (at most {jobs} at once)"
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) if executor is None else contextlib.nullcontext() as pool:
+    pool_context = (ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_exit_with_parent,
+                                        initargs=(os.getpid(),)) if executor is None else contextlib.nullcontext())  # fmt: skip
+    with pool_context as pool:
         for wave in sorted(set(level.values())):
             batch = [i for i in range(len(work)) if level[i] == wave]
             log(f"[{suite}] {len(batch)} run(s) in {where} ({threads} thread(s) each)"

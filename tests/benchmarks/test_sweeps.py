@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -129,3 +131,61 @@ def test_a_cluster_launcher_without_submitit_says_how_to_install_it(tmp_path, ca
     err = capsys.readouterr().err
     assert info.value.code == 2 and "needs submitit" in err and "pip install submitit" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_workers_end_when_the_reproduce_process_is_killed(tmp_path):
+    """A killed `reproduce --jobs N` leaves no worker running on with its queued runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from benchmarks.suites import _exit_with_parent\n"
+        "def work(path):\n"
+        "    open(path, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),\n"
+        "                               initializer=_exit_with_parent, initargs=(os.getpid(), 0.1))\n"
+        "    pool.submit(work, sys.argv[1])\n"
+        "    time.sleep(60)\n"
+    )
+    marker = tmp_path / "worker.pid"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]))
+    parent = subprocess.Popen([sys.executable, str(script), str(marker)], env=env)
+    try:
+        for _ in range(300):
+            if marker.exists() and marker.read_text():
+                break
+            time.sleep(0.1)
+        worker = int(marker.read_text())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        for _ in range(100):
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            _reap(worker)
+            time.sleep(0.1)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the worker ran on after its parent was killed")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _reap(pid: int) -> None:
+    """A worker reparented to this process (a subreaper) must be waited for to vanish."""
+    import os
+
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
