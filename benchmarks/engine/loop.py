@@ -253,9 +253,10 @@ class Trainer:
                         from benchmarks.errors import ConfigError
 
                         raise ConfigError(f"select.metric '{select_key}' is not logged; logged: {', '.join(row)}")
-                    improved = best["metric"] is None or (value > best["metric"] if select_mode == "max" else value < best["metric"])
+                    rank = selection_rank(value, select_mode, row, self.method.selection_band(stage))
+                    improved = best["metric"] is None or rank < tuple(best.get("rank") or selection_rank(best["metric"], select_mode, {}, None))
                     if improved:
-                        best = {"metric": value, "epoch": epoch + 1, "stage": stage.name, "metrics": dict(row)}
+                        best = {"metric": value, "epoch": epoch + 1, "stage": stage.name, "metrics": dict(row), "rank": list(rank)}
                         best_meta = {"stage": stage.name, "epoch": epoch + 1, select_key: value}
                 if self.dist.is_main:
                     state = {
@@ -324,6 +325,18 @@ class Trainer:
         row["lr"] = float(optimizer.param_groups[0]["lr"])
         row["epoch_seconds"] = time.perf_counter() - started
         return row
+
+
+def selection_rank(value: float, mode: str, row: dict[str, Any], band: tuple[str, float, float] | None) -> tuple[float, float, float]:
+    """Sort key of an epoch for selection (smaller is better): epochs whose `band` metric lies
+    inside [low, high] first, then those closest to it, then the selection metric. Without a
+    band, the selection metric alone."""
+    distance = 0.0
+    if band is not None:
+        key, low, high = band
+        measured = row.get(key)
+        distance = math.inf if measured is None else max(0.0, low - measured, measured - high)
+    return (float(distance > 0), distance, -value if mode == "max" else value)
 
 
 def load_selected_model(run: RunFolder) -> nn.Module:

@@ -126,6 +126,12 @@ class Method:
             )
         return stages
 
+    def selection_band(self, stage: Stage) -> tuple[str, float, float] | None:
+        """(logged metric, low, high): an epoch of `stage` is selected on val only among the
+        epochs whose metric lies in [low, high] (the closest one when none does), e.g. a
+        dynamic model's cost around its target. None: no band (the default)."""
+        return None
+
     def start_stage(self, model: nn.Module, stage: Stage, info: DatasetInfo) -> nn.Module:
         """Called once when a stage begins (not on resume inside it). May return a new model,
         e.g. a physically pruned one; its `arch_config` must describe it for checkpoints."""

@@ -310,6 +310,10 @@ class _Constant(nn.Module):
         return x.new_full((x.shape[0], 1), self.value)
 
 
+def _has_batchnorm(module: Callable) -> bool:
+    return isinstance(module, nn.Module) and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
 class D2NN(DynamicModule):
     """An executable D2NN built from a `D2NNGraph`.
 
@@ -458,6 +462,13 @@ class D2NN(DynamicModule):
         """Run `module` on the rows in `keep` through the routing contract (rows that do not
         run hold zeros)."""
         if self.engine == "masked" and not bool(keep.all()):
+            if self.training and _has_batchnorm(module):
+                raise RuntimeError(
+                    f"D2NN node '{name}' holds BatchNorm and is routed a subset of this batch: "
+                    "training in the masked engine would count the zero-filled rows of the "
+                    "other samples in its batch statistics. Train in the sparse engine (the "
+                    "default); the masked engine is for evaluation."
+                )
             # the masked engine computes every row: rows that do not run get zeros, never
             # default values such as -inf whose gradients would be NaN
             inputs = [torch.where(keep.view(-1, *([1] * (v.dim() - 1))), v, torch.zeros_like(v)) for v in inputs]

@@ -24,6 +24,10 @@ Static models train with plain cross-entropy under this method.
 forward pass (it is the executed cost) with the soft values' gradient; `soft` uses the sigmoid
 values themselves, as the spec first proposed. Measured on digits (ρ = 0.5), `soft` let the
 gates settle just above the threshold: estimate 0.58, executed 0.77 of the backbone's MACs.
+
+Selection [decision]: a gated stage keeps the most accurate val epoch among those whose
+executed cost on val is within `select_tolerance` (default 0.05) of the stage's ρ, or the
+epoch closest to that band when none is inside (`selection_band`).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from reference_impls.lcnet.model import COST_ESTIMATES, LCNet
 
 __all__ = ["LCNetMethod", "load_backbone", "resolve_backbone_checkpoint"]
 
-_METHOD_ARGS = {"backbone", "runs_root", "rho", "beta", "cost_estimate", "head_lr_mult"}
+_METHOD_ARGS = {"backbone", "runs_root", "rho", "beta", "cost_estimate", "head_lr_mult", "select_tolerance"}
 _STAGE_ARGS = {"gating", "rho", "beta"}
 def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DistributedDataParallel
@@ -102,6 +106,7 @@ class LCNetMethod(Method):
         self.rho = _number(where, "method_args.rho", self.args.get("rho", 0.5), 0.0)
         self.beta = _number(where, "method_args.beta", self.args.get("beta", 2.0), 0.0)
         self.head_lr_mult = _number(where, "method_args.head_lr_mult", self.args.get("head_lr_mult", 1.0), 0.0)
+        self.select_tolerance = _number(where, "method_args.select_tolerance", self.args.get("select_tolerance", 0.05), 0.0)
         self.cost_estimate = self.args.get("cost_estimate", "ste")
         if self.cost_estimate not in COST_ESTIMATES:
             raise ConfigError(
@@ -119,6 +124,15 @@ class LCNetMethod(Method):
                 f"'lcnet'; allowed: {', '.join(sorted(_STAGE_ARGS))}"
             )
         return stage.args.get(key, default)
+
+    def selection_band(self, stage: Stage) -> tuple[str, float, float] | None:
+        """A gated stage selects its epoch on val among those whose executed cost ratio on
+        val lies within `select_tolerance` (0.05) of the stage's target ρ [decision]: the most
+        accurate epoch is often one that has not yet come down to its target."""
+        if not self._stage_arg(stage, "gating", True):
+            return None
+        rho = float(self._stage_arg(stage, "rho", self.rho))
+        return ("val_macs_ratio", rho - self.select_tolerance, rho + self.select_tolerance)
 
     def start_stage(self, model: nn.Module, stage: Stage, info: DatasetInfo) -> nn.Module:
         net = _unwrap(model)

@@ -209,6 +209,12 @@ class LCNetBlock(DynamicModule):
         self._soft = {"s": None, "c": None}
         if not self.gating or (self.lnet is None and self.cnet is None):
             return self._branch(x, None, None)
+        if self.training and self.engine == "sparse":
+            raise RuntimeError(
+                f"LC-Net block '{self._unit()}': training runs in the masked engine, where every row "
+                "computes the block (the straight-through gates need the branch output of skipped "
+                "rows too); the sparse engine runs in eval mode only. Use set_engine(model, 'masked')."
+            )
         pooled = x.mean((2, 3))
         if self.lnet is None:
             return self._branch(x, None, pooled)

@@ -306,3 +306,41 @@ def test_a_node_that_runs_on_no_sample_still_gives_defaults(digits):
     after = model.nodes["b0"].state_dict()  # finding b0's output shape left its BatchNorm alone
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert model.nodes["b0"].training
+
+
+# --- training in the engines ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [n for n in DESIGNS if n != "d2nn_cascade_confidence"])
+def test_training_batchnorm_sees_only_the_rows_routed_to_a_node(name, digits):
+    """Sparse engine, train mode: a node's BatchNorm statistics are those of the node run
+    alone on its rows; the masked engine refuses to train such a node rather than count the
+    zero-filled rows of other samples."""
+    model = centred(name, digits).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    set_engine(model, "sparse")
+    with torch.no_grad():
+        run = model(digits, return_run=True)
+    partial = [n for n, ran in run.ran.items() if n in model.nodes and 0 < int(ran.sum()) < len(digits)
+               and any(isinstance(m, nn.BatchNorm2d) for m in model.nodes[n].modules())]  # fmt: skip
+    assert partial, "no node was routed a strict subset of the batch"
+    for node in partial:
+        alone = create_model(name, width=4, in_chans=1, **DESIGNS[name])
+        alone.load_state_dict(before)
+        module = alone.nodes[node].train()
+        rows = run.ran[node]
+        inputs = _node_inputs(model, run, node, rows)
+        with torch.no_grad():
+            module(*inputs)
+        for (key, mine), (_, theirs) in zip(model.nodes[node].state_dict().items(), module.state_dict().items(), strict=True):
+            if "running" in key:
+                torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6, msg=f"{node}.{key}")
+    model.load_state_dict(before)
+    set_engine(model, "masked")
+    with pytest.raises(RuntimeError, match="would count the zero-filled rows"), torch.no_grad():
+        model(digits)
+
+
+def _node_inputs(model: D2NN, run, node: str, rows: torch.Tensor) -> list[torch.Tensor]:
+    """The inputs a node saw on its rows: its data edges' source outputs."""
+    return [run.outputs[edge.source][rows] for edge in model.specs[node].inputs]

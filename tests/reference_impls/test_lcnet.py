@@ -317,3 +317,16 @@ def test_wraps_the_backbone_and_loads_its_weights(backbone, digits):
         model.load_backbone_state({k: v for k, v in static.state_dict().items() if "fc" not in k})
 
 
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_training_runs_in_the_masked_engine_and_the_sparse_engine_refuses_it(mode, digits):
+    """LC-Net trains every row (straight-through gates) in the masked engine; the sparse
+    engine slices BatchNorm running statistics, so it refuses train mode with a clear message."""
+    model = lcnet(mode).train()
+    set_engine(model, "masked")
+    model(digits).sum().backward()
+    assert all(p.grad is not None for p in model.heads()[0].parameters())
+    set_engine(model, "sparse")
+    with pytest.raises(RuntimeError, match="runs in eval mode only"):
+        model(digits)

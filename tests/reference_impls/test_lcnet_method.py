@@ -187,3 +187,24 @@ def test_quick_digits_experiment_runs_through_the_trainer(tmp_path):
     assert summary["selected"]["stage"] == "lcnet"
     model = load_selected_model(trainer.run)
     assert isinstance(model, LCNet) and model.gating and "val_macs_ratio" in summary["selected"]["metrics"]
+
+
+def test_selection_keeps_the_best_epoch_within_the_cost_band_of_rho():
+    from benchmarks.engine.loop import selection_rank
+
+    cfg = resolve_config({"name": "t", "model": {"name": "lcnet_lc_cifar_resnet20"}, "dataset": {"name": "digits"},
+                          "method": "lcnet", "method_args": {"rho": 0.5}, "train": {"epochs": 3}})  # fmt: skip
+    method = get_method("lcnet")(cfg)
+    (stage,) = method.stages()
+    band = method.selection_band(stage)
+    assert band == ("val_macs_ratio", pytest.approx(0.45), pytest.approx(0.55))
+    epochs = [{"val_accuracy": 90.0, "val_macs_ratio": 0.80},  # most accurate, far off its target
+              {"val_accuracy": 85.0, "val_macs_ratio": 0.53},
+              {"val_accuracy": 86.0, "val_macs_ratio": 0.49}]  # fmt: skip
+    ranks = [selection_rank(e["val_accuracy"], "max", e, band) for e in epochs]
+    assert min(range(3), key=lambda i: ranks[i]) == 2
+    outside = [{"val_accuracy": 90.0, "val_macs_ratio": 0.80}, {"val_accuracy": 70.0, "val_macs_ratio": 0.60}]
+    assert min(outside, key=lambda e: selection_rank(e["val_accuracy"], "max", e, band))["val_macs_ratio"] == 0.60
+    assert selection_rank(90.0, "max", {}, None) < selection_rank(85.0, "max", {}, None)  # no band: the metric
+    plain = get_method("lcnet")({**cfg, "stages": [{"name": "backbone", "args": {"gating": False}}]})
+    assert plain.selection_band(plain.stages()[0]) is None
