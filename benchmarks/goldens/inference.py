@@ -194,7 +194,8 @@ def centre_controllers(model: nn.Module, images: torch.Tensor) -> None:
     """Rescale each controller's last linear layer so that each of its outputs on `images` is
     centred between the two middle samples, and its outputs together have a unit median deviation. A random initialisation alone
     often sends every sample the same way, or leaves every score within a hair of its
-    threshold; a golden of a model that never routes, or only by the last bit, pins nothing."""
+    threshold; a golden of a model that never routes, or only by the last bit, pins nothing.
+    A head whose last layer is all zeros (a fresh LC-Net head) first gets seeded weights."""
     controllers = [m for m in model.modules() if getattr(m, "_dynbench_controller", False)]
     model.eval()
     for controller in controllers:
@@ -202,6 +203,11 @@ def centre_controllers(model: nn.Module, images: torch.Tensor) -> None:
         if not linears:
             continue
         last = linears[-1]
+        if not bool(last.weight.detach().any()):
+            # a fresh head that reads nothing (LC-Net's start exactly at its backbone): give it
+            # seeded weights, as training would, so that it routes on its input
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(last.weight, a=math.sqrt(5))
         seen: list[torch.Tensor] = []
         handle = last.register_forward_hook(lambda m, a, out, seen=seen: seen.append(out.detach()))
         try:

@@ -5,31 +5,22 @@ threshold t_k (`d2nn_cascade_confidence`). `threshold_for_budget` runs the train
 once on the val split with every stage enabled, then scores every threshold vector of a grid
 analytically (exit of each sample, its prediction, the exact MACs of its path as the routing
 trace counts them) and keeps the vector with the best val score whose val MACs stay within
-the budget. The `d2nn_confidence` method (reference_impls.d2nn.method) calls it; a sweep over
+the budget (`benchmarks.exits`, shared with the early-exit baselines). The `d2nn_confidence` method (reference_impls.d2nn.method) calls it; a sweep over
 the budget traces the curve, one final model per budget, each evaluated once on test by the
 harness.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import torch
 
+from benchmarks import exits
+from benchmarks.exits import DEFAULT_GRID, OperatingPoint
 from reference_impls.d2nn.graph import D2NN
-from reference_impls.d2nn.learning import f1_score
 
-#: candidate thresholds per control node; 2.0 never stops (a probability never reaches it)
-DEFAULT_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 2.0)
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    thresholds: tuple[float, ...]
-    score: float  # val F1 or accuracy, in percent
-    macs: float  # mean MACs per sample on val
+__all__ = ["DEFAULT_GRID", "OperatingPoint", "exit_macs", "exit_outputs", "threshold_for_budget"]
 
 
 @torch.no_grad()
@@ -68,48 +59,6 @@ def exit_macs(model: D2NN, sample: torch.Tensor) -> list[int]:
     return costs
 
 
-def score(predictions: torch.Tensor, targets: torch.Tensor, metric: str) -> float:
-    if metric == "f1":
-        p, t = predictions == 1, targets == 1
-        return 100.0 * float(f1_score((p & t).sum(), (p & ~t).sum(), (~p & t).sum()))
-    return 100.0 * float((predictions == targets).float().mean())
-
-
-def evaluate_thresholds(
-    thresholds: Sequence[float],
-    predictions: torch.Tensor,
-    confidences: torch.Tensor,
-    targets: torch.Tensor,
-    costs: Sequence[int],
-    metric: str,
-) -> OperatingPoint:
-    """Val score and mean MACs of one threshold vector (stop where confidence >= threshold,
-    as `ConfidenceQ`'s argmax does)."""
-    n, k = predictions.shape
-    exit_at = torch.full((n,), k - 1, dtype=torch.long)
-    for j in range(k - 2, -1, -1):
-        exit_at = torch.where(confidences[:, j] >= thresholds[j], j, exit_at)
-    chosen = predictions.gather(1, exit_at[:, None]).squeeze(1)
-    macs = float(torch.tensor(costs, dtype=torch.float64)[exit_at].mean())
-    return OperatingPoint(tuple(float(t) for t in thresholds), score(chosen, targets, metric), macs)
-
-
-def candidate_points(
-    model: D2NN,
-    val_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    metric: str,
-    grid: Sequence[float] = DEFAULT_GRID,
-) -> tuple[list[OperatingPoint], int]:
-    """Every threshold vector of `grid` scored on val, and the MACs of the reference path."""
-    predictions, confidences, targets, sample = exit_outputs(model, val_batches)
-    costs = exit_macs(model, sample)
-    candidates = [
-        evaluate_thresholds(t, predictions, confidences, targets, costs, metric)
-        for t in itertools.product(grid, repeat=predictions.shape[1] - 1)
-    ]
-    return candidates, model.reference_macs(sample)
-
-
 def threshold_for_budget(
     model: D2NN,
     val_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -118,15 +67,10 @@ def threshold_for_budget(
     grid: Sequence[float] = DEFAULT_GRID,
 ) -> OperatingPoint:
     """The threshold vector with the best val score whose mean val MACs are at most
-    `macs_fraction` of the reference path's (ties: the cheaper). ValueError when even the
-    cheapest vector costs more."""
-    candidates, reference = candidate_points(model, val_batches, metric, grid)
-    budget = macs_fraction * reference
-    within = [p for p in candidates if p.macs <= budget + 1e-9]
-    if not within:
-        cheapest = min(p.macs for p in candidates) / reference
-        raise ValueError(
-            f"no threshold vector keeps val MACs within {macs_fraction:g} of the reference path; "
-            f"the cheapest costs {cheapest:.3f}"
-        )
-    return max(within, key=lambda p: (p.score, -p.macs))
+    `macs_fraction` of the cascade's reference path (`benchmarks.exits.threshold_for_budget`
+    on this cascade's exits). ValueError when even the cheapest vector costs more."""
+    predictions, confidences, targets, sample = exit_outputs(model, val_batches)
+    costs = exit_macs(model, sample)
+    return exits.threshold_for_budget(
+        predictions, confidences, targets, costs, metric, macs_fraction, grid, reference=model.reference_macs(sample)
+    )
