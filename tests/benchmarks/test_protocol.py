@@ -102,3 +102,22 @@ def test_cost_prints_the_protocol_it_measured(capsys):
     captured = capsys.readouterr()
     assert f"protocol {protocol_of('digits', {'pad_to': 32}).id}" in captured.err
     assert "40.256" in captured.out  # ResNet-20 at 32x32, one input channel: 40,256,128 MACs
+
+
+@pytest.mark.parametrize("suite", ["d2nn-fmnist", "lcnet-fmnist", "dynamic-fmnist"])
+def test_the_cpu_studies_compare_at_equal_budgets_with_three_seeds(suite):
+    from benchmarks.config import find_config, load_config
+    from benchmarks.suites import load_suites, suite_comparisons, suite_experiments
+    from benchmarks.sweeps import expand
+
+    suites = load_suites()
+    configs = {}
+    for name, quick in suite_experiments(suite, suites):
+        for point in expand(load_config(find_config(name), quick=quick)):
+            configs[point["name"]] = point
+    assert all(len(c["seeds"]) >= 3 for c in configs.values())
+    declared = suite_comparisons(suite, suites)
+    assert declared
+    for item in declared:
+        budgets = {training_budget(c) for n, c in configs.items() if n.split("--")[0] in item.values()}
+        assert len(budgets) == 1, item  # candidate and baseline: the same images seen
