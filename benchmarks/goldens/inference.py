@@ -161,24 +161,31 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
 
 
 def calibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> None:
-    """Set BatchNorm running statistics to those of `images` (one train-mode pass, in the
-    masked engine: the sparse one runs in eval mode only)."""
+    """Set BatchNorm running statistics to those of `images`: one train-mode pass in the engine
+    the model trains in (a D2NN's nodes see only their routed rows in the sparse engine; LC-Net
+    trains every row in the masked engine and the sparse one refuses train mode)."""
     from benchmarks.routing import is_dynamic, set_engine
 
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
     saved = [(m, m.momentum) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: one batch gives its own statistics
     dynamic = is_dynamic(model)
-    if dynamic:
-        set_engine(model, "masked")
     model.train()
     try:
-        with torch.no_grad():
-            model(images)
+        for engine in ("sparse", "masked") if dynamic else (None,):
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average: one batch gives its own statistics
+            if engine is not None:
+                set_engine(model, engine)
+            try:
+                with torch.no_grad():
+                    model(images)
+                break
+            except RuntimeError:
+                if engine == "masked":
+                    raise
     finally:
         for m, momentum in saved:
             m.momentum = momentum
