@@ -3,6 +3,7 @@
     method: early_exit
     method_args:
       exit_weights: [1.0, 1.0, 1.0]          # per exit, internal ones then the final classifier
+      head_lr_mult: 10.0                     # the ICs learn at the stage's lr x 10
       backbone: experiment:baselines/fmnist_resnet20   # optional: start from a trained static ResNet
     stages: [{name: train}]
 
@@ -35,7 +36,7 @@ from benchmarks.routing import trace
 
 __all__ = ["EarlyExitMethod"]
 
-_ARGS = frozenset({"exit_weights", "backbone", "init", "runs_root", "macs_fraction", "grid"})
+_ARGS = frozenset({"exit_weights", "backbone", "init", "runs_root", "macs_fraction", "grid", "head_lr_mult"})
 MODES = ("train", "calibrate")
 
 
@@ -71,6 +72,10 @@ class EarlyExitMethod(Method):
         if any(b < a for a, b in zip(grid, grid[1:], strict=False)):
             raise ConfigError(f"{self.where}: key 'method_args.grid' must be increasing, got {grid}")
         self.grid = [float(g) for g in grid]
+        mult = self.args.get("head_lr_mult", 1.0)
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not math.isfinite(mult) or mult <= 0:
+            raise ConfigError(f"{self.where}: key 'method_args.head_lr_mult' must be a number > 0, got {mult!r}")
+        self.head_lr_mult = float(mult)
         self.metric = "f1" if self.info.metric == "f1" else "accuracy"
 
     # --- model and stages ----------------------------------------------------------------------
@@ -143,6 +148,16 @@ class EarlyExitMethod(Method):
         calibrated = create_model(net.arch_config["name"], **kwargs)
         calibrated.load_state_dict(net.state_dict())
         return calibrated
+
+    def trainable_parameters(self, model: nn.Module, stage: Stage) -> Any:
+        """With `head_lr_mult` != 1, the ICs learn at the stage's rate × head_lr_mult (a short
+        fine-tune from a trained backbone leaves fresh ICs far behind it otherwise)."""
+        net = _unwrap(model)
+        if self.head_lr_mult == 1.0 or not isinstance(net, EarlyExitResNet):
+            return super().trainable_parameters(model, stage)
+        from benchmarks.engine.optim import faster_group
+
+        return faster_group(model, net.heads, stage.optimizer, self.head_lr_mult)
 
     # --- loss and evaluation -------------------------------------------------------------------
     def loss(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext):

@@ -60,6 +60,18 @@ def _located(where: str, message: str, generic: str) -> str:
     return f"{where}: {message}"
 
 
+def faster_group(model: torch.nn.Module, fast: Iterable[torch.nn.Module], optimizer: dict[str, Any], mult: float) -> list[dict[str, Any]]:
+    """Two parameter groups: the parameters of the `fast` modules (e.g. gate heads, internal
+    classifiers) at the stage's learning rate × `mult`, the rest at the stage's rate."""
+    fast_ids = {id(p) for module in fast for p in module.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = float(optimizer.get("lr", 0.1))
+    return [
+        {"params": [p for p in params if id(p) not in fast_ids]},
+        {"params": [p for p in params if id(p) in fast_ids], "lr": lr * mult},
+    ]
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], spec: dict[str, Any]) -> torch.optim.Optimizer:
     spec = dict(spec)
     name = spec.pop("name", "sgd")

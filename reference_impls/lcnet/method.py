@@ -151,13 +151,9 @@ class LCNetMethod(Method):
         net = _unwrap(model)
         if not isinstance(net, LCNet) or self.head_lr_mult == 1.0:
             return super().trainable_parameters(model, stage)
-        head_ids = {id(p) for h in net.heads() for p in h.parameters()}
-        params = [p for p in model.parameters() if p.requires_grad]
-        lr = float(stage.optimizer.get("lr", 0.1))
-        return [
-            {"params": [p for p in params if id(p) not in head_ids]},
-            {"params": [p for p in params if id(p) in head_ids], "lr": lr * self.head_lr_mult},
-        ]
+        from benchmarks.engine.optim import faster_group
+
+        return faster_group(model, net.heads(), stage.optimizer, self.head_lr_mult)
 
     # --- loss and evaluation -------------------------------------------------------------
     def cost_ratio(self, net: LCNet, kind: str | None = None) -> torch.Tensor:

@@ -149,6 +149,7 @@ def test_the_loss_is_the_weighted_sum_of_every_exits_cross_entropy(digits):
     ({"method_args": {"macs_fraction": 0}}, r"must be in \(0, 1\]"),
     ({"method_args": {"macs_fraction": 1.5}}, r"must be in \(0, 1\]"),
     ({"method_args": {"grid": [0.9, 0.5]}}, "must be increasing"),
+    ({"method_args": {"head_lr_mult": 0}}, "head_lr_mult' must be a number > 0"),
     ({"method_args": {"init": "experiment:x"}, "stages": [{"name": "calibrate", "epochs": 1}]}, "trains nothing"),
     ({"stages": [{"name": "calibrate", "epochs": 0}]}, "needs 'method_args.init'"),
     ({"model": {"name": "cifar_resnet20"}}, "not one"),
