@@ -63,11 +63,25 @@ def suite_comparisons(suite: str, suites: dict[str, dict[str, Any]] | None = Non
 
 def figure_groups(suite: str, suites: dict[str, dict[str, Any]] | None = None) -> list[list[str]] | None:
     """The experiment groups a suite's figures are split by: the connected groups of its
-    declared comparisons when there are several (e.g. one per D2NN design), else None."""
+    declared comparisons when there are several (e.g. one per D2NN design), else None. An
+    experiment in no comparison joins the group of the experiments that start from it (a
+    trained confidence cascade, with its calibrated operating points)."""
     from benchmarks.figures import comparison_groups
+    from benchmarks.protocol import parent_references
 
+    suites = load_suites() if suites is None else suites
     groups = comparison_groups(suite_comparisons(suite, suites))
-    return groups if len(groups) > 1 else None
+    if len(groups) <= 1:
+        return None
+    prefix = "experiment:"
+    for name, quick in suite_experiments(suite, suites):
+        cfg = load_config(find_config(name), quick=quick)
+        for parent in parent_references(cfg):
+            parent_name = parent[len(prefix):].rsplit("/", 1)[-1] if parent.startswith(prefix) else None
+            home = next((g for g in groups if cfg["name"] in g), None)
+            if parent_name and home is not None and not any(parent_name in g for g in groups):
+                home.append(parent_name)
+    return groups
 
 
 def run_job(cfg: dict[str, Any], seed: int, runs_root: Path, data_root: Any, device: str | None, log=None) -> tuple[Path, bool]:

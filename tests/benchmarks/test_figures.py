@@ -179,3 +179,12 @@ def test_comparison_groups_give_one_figure_per_group(tmp_path):
                           for i, name in enumerate(["a--lam0.5", "a_static", "b", "b_static", "lonely"])])  # fmt: skip
     names = sorted(p.stem for p in make_figures("s", rows, tmp_path, latency_files=[], groups=groups) if p.suffix == ".png")
     assert [n.rsplit("_", 1)[-1] for n in names] == ["a", "b", "other"]
+
+
+def test_an_experiment_in_no_comparison_joins_the_figure_of_those_that_start_from_it():
+    from benchmarks.suites import figure_groups
+
+    groups = figure_groups("d2nn-fmnist")
+    cascade = next(g for g in groups if "fmnist_cascade" in g)
+    assert "fmnist_cascade_confidence" in cascade  # the parent of the calibrated points
+    assert figure_groups("quick") is None  # one comparison group: one figure
