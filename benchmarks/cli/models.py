@@ -14,8 +14,13 @@ def models(pattern: str, kind: str | None) -> None:
     """List registered model ids matching PATTERN (shell-style, e.g. 'cifar_resnet*'), with
     models of installed plugins (entry point group `dynbench.models`). A plugin that fails to
     import is named with its error on stderr, the other models are still listed, and the
-    exit status is 2."""
+    exit status is 2. A kind (`dynbench models dynamic`) or a tag (`dynbench models early-exit`,
+    `lcnet`, `d2nn`) as PATTERN lists the models of that kind or family."""
     names = list_models(pattern, kind=kind)
+    if not names and pattern in ("static", "pruned", "dynamic") and kind in (None, pattern):
+        names = list_models(kind=pattern)
+    if not names and pattern != "*":
+        names = [n for n in list_models(kind=kind) if pattern in get_model_spec(n).tags]
     failed = plugin_errors()
     if names:
         width = max(len(n) for n in names)

@@ -99,3 +99,15 @@ def test_reproduce_quick_writes_runs_and_tables_then_reuses_them(tmp_path):
         timed = latency[latency["experiment"] == name.rsplit("-s", 1)[0]]
         assert set(timed["weights_sha256"]) == {sha256_file(Path(run_dir) / "checkpoints" / "best.safetensors")}
     assert "p50 b1 (ms, CPU 1 thread)" in (tmp_path / "results" / "tables" / "quick.md").read_text()
+
+
+def test_models_lists_a_kind_or_a_family_by_name(capsys):
+    from tests.benchmarks.fixtures_data import run_cli
+
+    code, out, _ = run_cli(["models", "dynamic"], capsys)
+    names = [line.split()[0] for line in out.splitlines()]
+    assert code == 0 and {"d2nn_cascade", "lcnet_lc_cifar_resnet56", "early_exit_cifar_resnet56"} <= set(names)
+    assert all(" dynamic " in line for line in out.splitlines())
+    code, out, _ = run_cli(["models", "early-exit"], capsys)
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == [
+        "early_exit_cifar_resnet110", "early_exit_cifar_resnet20", "early_exit_cifar_resnet56"]
