@@ -112,6 +112,7 @@ SCHEMA: dict[str, Any] = {
         "amp": (lambda v: isinstance(v, bool), True),
         "channels_last": (lambda v: isinstance(v, bool), True),
         "num_workers": (lambda v: _is_int(v) and v >= 0, 0),
+        "data_on_device": (lambda v: isinstance(v, bool), False),
     },
     "stages": (_list_of_dicts, []),
     "select": {

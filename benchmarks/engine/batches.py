@@ -29,17 +29,18 @@ def augment_batch(images: torch.Tensor, kind: str, generator: torch.Generator) -
     if kind == "none":
         return images
     n, _, h, w = images.shape
+    device = images.device  # the draws come from the CPU generator wherever the images are
     if kind == "crop_flip":
         pad = 4
         padded = F.pad(images, (pad, pad, pad, pad))
         dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1)
-        cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w)
-        batch_index = torch.arange(n).view(n, 1, 1, 1)
-        channel_index = torch.arange(images.shape[1]).view(1, -1, 1, 1)
+        rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1).to(device)
+        cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w).to(device)
+        batch_index = torch.arange(n, device=device).view(n, 1, 1, 1)
+        channel_index = torch.arange(images.shape[1], device=device).view(1, -1, 1, 1)
         images = padded[batch_index, channel_index, rows, cols]
-    flip = torch.rand(n, generator=generator) < 0.5
+    flip = (torch.rand(n, generator=generator) < 0.5).to(device)
     if flip.any():
         images = images.clone()
         images[flip] = images[flip].flip(-1)
@@ -67,6 +68,7 @@ def train_batches(
             index = order[start : start + batch_size]
             if len(index) < 2 and start > 0:
                 break
+            index = index.to(dataset.images.device)
             images = augment_batch(dataset.images[index], augment, generator)
             yield images, dataset.targets[index]
         return

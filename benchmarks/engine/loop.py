@@ -165,6 +165,8 @@ class Trainer:
         seed_everything(self.seed, self.cfg["deterministic"])
         train_data = load_split(self.info.name, "train", self.data_root, options=self.options)
         val_data = load_split(self.info.name, "val", self.data_root, options=self.options)
+        if self.cfg["train"]["data_on_device"]:
+            train_data, val_data = (on_device(split, self.device) for split in (train_data, val_data))
         stages = self.method.stages()
         model = self.method.build_model(self.info)
         if stages:
@@ -325,6 +327,18 @@ class Trainer:
         row["lr"] = float(optimizer.param_groups[0]["lr"])
         row["epoch_seconds"] = time.perf_counter() - started
         return row
+
+
+def on_device(split: Any, device: torch.device) -> Any:
+    """`split` with its images and labels moved to `device` once (`train.data_on_device`): on
+    a GPU, batches are then sliced where the model runs, with no copy per step. The order of
+    batches and the augmentation draws stay those of the CPU generator, so a run's numbers
+    do not depend on this switch. In-memory splits only (others are returned as they are)."""
+    from benchmarks.data import TensorSplit
+
+    if not isinstance(split, TensorSplit) or split.transform is not None or device.type == "cpu":
+        return split
+    return TensorSplit(split.images.to(device), split.targets.to(device), split.info, split.split)
 
 
 def selection_rank(value: float, mode: str, row: dict[str, Any], band: tuple[str, float, float] | None) -> tuple[float, float, float]:

@@ -224,3 +224,27 @@ def test_crop_flip_keeps_shape_and_content_range():
     out = augment_batch(images, "crop_flip", epoch_generator(1, 0, 0))
     assert out.shape == images.shape
     assert set(out.unique().tolist()) <= set(images.unique().tolist()) | {0.0}
+
+
+def test_data_on_device_does_not_change_a_runs_numbers(tmp_path):
+    """`train.data_on_device` moves the splits once; batches and augmentation draws stay the
+    CPU generator's, so the metrics are those of the default (on a CPU the switch is a no-op;
+    the CUDA test below compares the two on a GPU)."""
+    crop = ["train.augment=crop_flip"]
+    a = _train(tmp_path / "a", overrides=crop)
+    b = _train(tmp_path / "b", overrides=[*crop, "train.data_on_device=true"])
+    pd.testing.assert_frame_equal(_metrics(a), _metrics(b))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_data_on_device_on_a_gpu_gives_the_batches_of_the_host(tmp_path):
+    from benchmarks.data import load_split
+    from benchmarks.engine.loop import on_device
+
+    split = load_split("digits", "train")
+    moved = on_device(split, torch.device("cuda"))
+    assert moved.images.is_cuda and moved.targets.is_cuda
+    host = list(train_batches(split, 32, epoch_generator(0, 0, 0), "crop_flip"))
+    device = list(train_batches(moved, 32, epoch_generator(0, 0, 0), "crop_flip"))
+    for (x, y), (xd, yd) in zip(host, device, strict=True):
+        assert torch.equal(x, xd.cpu()) and torch.equal(y, yd.cpu())
