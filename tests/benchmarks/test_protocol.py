@@ -104,7 +104,7 @@ def test_cost_prints_the_protocol_it_measured(capsys):
     assert "40.256" in captured.out  # ResNet-20 at 32x32, one input channel: 40,256,128 MACs
 
 
-@pytest.mark.parametrize("suite", ["d2nn-fmnist", "lcnet-fmnist", "dynamic-fmnist"])
+@pytest.mark.parametrize("suite", ["d2nn-fmnist", "lcnet-fmnist", "dynamic-fmnist", "method-study"])
 def test_the_cpu_studies_compare_at_equal_budgets_with_three_seeds(suite):
     from benchmarks.config import find_config, load_config
     from benchmarks.suites import load_suites, suite_comparisons, suite_experiments
