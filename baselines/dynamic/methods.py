@@ -30,7 +30,7 @@ from baselines.dynamic.early_exit import EarlyExitResNet, confidence
 from benchmarks import exits
 from benchmarks.data import DatasetInfo
 from benchmarks.engine import Method, Stage, StepContext, register_method
-from benchmarks.engine.method import f1_percent
+from benchmarks.engine.method import Tally
 from benchmarks.errors import ConfigError
 from benchmarks.routing import trace
 
@@ -177,9 +177,7 @@ class EarlyExitMethod(Method):
         """accuracy (%), loss, f1 (F-score tasks), macs (mean executed MACs per sample, from the
         routing trace, ICs included) and macs_ratio (over the static backbone's MACs)."""
         net = _unwrap(model)
-        total = correct = tp = fp = fn = 0
-        loss_sum = macs = 0.0
-        reference = None
+        tally, loss_sum, macs, reference = Tally(), 0.0, 0.0, None
         for images, y in batches:
             if reference is None:
                 reference = net.backbone_macs(images[:1])
@@ -187,18 +185,11 @@ class EarlyExitMethod(Method):
                 logits = net(images)
             macs += float(t.macs_executed.sum())
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-            predictions = logits.argmax(1)
-            correct += int((predictions == y).sum())
-            tp += int(((predictions == 1) & (y == 1)).sum())
-            fp += int(((predictions == 1) & (y != 1)).sum())
-            fn += int(((predictions != 1) & (y == 1)).sum())
-            total += len(y)
-        if total == 0:
-            raise ConfigError("cannot evaluate on an empty split")
-        metrics = {"accuracy": 100.0 * correct / total, "loss": loss_sum / total, "macs": macs / total,
-                   "macs_ratio": macs / total / reference}  # fmt: skip
+            tally.update(logits.argmax(1), y)
+        metrics = {"accuracy": tally.accuracy(), "loss": loss_sum / tally.total, "macs": macs / tally.total,
+                   "macs_ratio": macs / tally.total / reference}  # fmt: skip
         if self.metric == "f1":
-            metrics["f1"] = f1_percent(tp, fp, fn)
+            metrics["f1"] = tally.f1()
         return metrics
 
 

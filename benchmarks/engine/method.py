@@ -156,23 +156,42 @@ class Method:
     ) -> dict[str, float]:
         """Metrics of the model on a split (eval mode is set by the caller): accuracy and
         loss, plus the F-score of class 1 for binary tasks whose metric is F1."""
-        total, correct, loss_sum = 0, 0, 0.0
-        tp = fp = fn = 0
+        tally, loss_sum = Tally(), 0.0
         for images, targets in batches:
             logits = model(images)
             loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
-            predictions = logits.argmax(1)
-            correct += (predictions == targets).sum().item()
-            total += len(targets)
-            tp += ((predictions == 1) & (targets == 1)).sum().item()
-            fp += ((predictions == 1) & (targets != 1)).sum().item()
-            fn += ((predictions != 1) & (targets == 1)).sum().item()
-        if total == 0:
-            raise ConfigError("cannot evaluate on an empty split")
-        metrics = {"accuracy": 100.0 * correct / total, "loss": loss_sum / total}
+            tally.update(logits.argmax(1), targets)
+        metrics = {"accuracy": tally.accuracy(), "loss": loss_sum / tally.total}
         if self.info.metric == "f1":
-            metrics["f1"] = f1_percent(tp, fp, fn)
+            metrics["f1"] = tally.f1()
         return metrics
+
+
+@dataclass
+class Tally:
+    """Running counts of a split's predictions: accuracy and the F-score of class 1."""
+
+    total: int = 0
+    correct: int = 0
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
+        positive, actual = predictions == 1, targets == 1
+        self.correct += int((predictions == targets).sum())
+        self.tp += int((positive & actual).sum())
+        self.fp += int((positive & ~actual).sum())
+        self.fn += int((~positive & actual).sum())
+        self.total += len(targets)
+
+    def accuracy(self) -> float:
+        if self.total == 0:
+            raise ConfigError("cannot evaluate on an empty split")
+        return 100.0 * self.correct / self.total
+
+    def f1(self) -> float:
+        return f1_percent(self.tp, self.fp, self.fn)
 
 
 def f1_percent(tp: int, fp: int, fn: int) -> float:

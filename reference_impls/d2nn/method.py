@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from benchmarks.data import DatasetInfo
 from benchmarks.engine import Method, Stage, StepContext, register_method
-from benchmarks.engine.method import f1_percent
+from benchmarks.engine.method import Tally
 from benchmarks.errors import ConfigError
 from benchmarks.registry import create_model, get_model_spec
 from benchmarks.routing import trace
@@ -137,7 +137,7 @@ class D2NNStaticMethod(Method):
         sample, from the routing trace); for a D2NN also macs_ratio (theoretical MACs over the
         reference path) and reward (λ·A + (1 − λ)·E over the whole split)."""
         model = _unwrap(model)
-        total = correct = tp = fp = fn = 0
+        tally = Tally()
         loss_sum = macs = theoretical = 0.0
         scored = 0
         reference = None
@@ -152,23 +152,17 @@ class D2NNStaticMethod(Method):
             if bool(finite.any()):
                 loss_sum += F.cross_entropy(logits[finite], targets[finite], reduction="sum").item()
                 scored += int(finite.sum())
-            predictions = logits.argmax(1)
-            correct += int((predictions == targets).sum())
-            tp += int(((predictions == 1) & (targets == 1)).sum())
-            fp += int(((predictions == 1) & (targets != 1)).sum())
-            fn += int(((predictions != 1) & (targets == 1)).sum())
-            total += len(targets)
-        if total == 0:
-            raise ConfigError("cannot evaluate on an empty split")
+            tally.update(logits.argmax(1), targets)
+        total = tally.total
         metrics = {
-            "accuracy": 100.0 * correct / total,
+            "accuracy": tally.accuracy(),
             "loss": loss_sum / max(scored, 1),
             "macs": macs / total,
         }
         if scored < total:  # hierarchical: the true class was in a branch that did not run
             metrics["misrouted"] = 100.0 * (total - scored) / total
         if self.metric == "f1":
-            metrics["f1"] = f1_percent(tp, fp, fn)
+            metrics["f1"] = tally.f1()
         if reference is not None:
             ratio = theoretical / total / reference
             score = metrics[self.metric] / 100.0
