@@ -129,3 +129,14 @@ def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
     with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
         load_config(path)
     assert time.perf_counter() - start < 5
+
+
+def test_every_experiment_name_is_unique_across_the_bundled_configs():
+    """Result rows, latency rows and comparisons are keyed by experiment name: two configs of
+    one name would mix in a suite that includes both (such as `all`)."""
+    from collections import Counter
+
+    from benchmarks.config import CONFIG_ROOT, read_yaml
+
+    names = Counter(read_yaml(p)["name"] for p in CONFIG_ROOT.rglob("*.yaml") if p.name != "suites.yaml")
+    assert not [n for n, k in names.items() if k > 1]
