@@ -84,13 +84,9 @@ class EarlyExitMethod(Method):
         if init is None:
             model = super().build_model(info)
         else:
-            from baselines.pruning.methods import resolve_init
-            from benchmarks.engine.checkpoint import build_from_checkpoint
+            from benchmarks.engine.checkpoint import load_parent_model
 
-            model, _ = build_from_checkpoint(resolve_init(str(init), self.cfg, self.runs_root))
-            if model.arch_config["name"] != self.cfg["model"]["name"]:
-                raise ConfigError(f"{self.where}: method_args.init holds a '{model.arch_config['name']}', "
-                                  f"but model.name is '{self.cfg['model']['name']}'")  # fmt: skip
+            model = load_parent_model(self.cfg, self.runs_root)
         if not isinstance(model, EarlyExitResNet):
             raise ConfigError(f"{self.where}: method 'early_exit' trains early-exit networks; "
                               f"'{self.cfg['model']['name']}' is not one")  # fmt: skip
@@ -115,18 +111,9 @@ class EarlyExitMethod(Method):
     def start_stage(self, model: nn.Module, stage: Stage, info: DatasetInfo) -> nn.Module:
         net = _unwrap(model)
         if stage.index == 0 and self.args.get("backbone"):
-            from benchmarks.engine.checkpoint import build_from_checkpoint, resolve_checkpoint
-            from benchmarks.errors import CheckpointError
+            from benchmarks.engine.checkpoint import load_backbone_into
 
-            stem = resolve_checkpoint(self.args["backbone"], key="method_args.backbone", seed=int(self.cfg.get("seed", 0)),
-                                      quick=bool(self.cfg.get("quick", False)),
-                                      runs_root=self.args.get("runs_root") or self.runs_root)  # fmt: skip
-            static, _ = build_from_checkpoint(stem)
-            try:
-                net.load_backbone_state(static.state_dict())
-            except KeyError as exc:
-                raise CheckpointError(f"method_args.backbone: {stem.with_suffix('.safetensors')} is not the "
-                                      f"backbone of this early-exit network: {exc.args[0]}") from None  # fmt: skip
+            load_backbone_into(net, self.cfg, self.runs_root)
         if stage.args.get("mode", stage.name) == "calibrate":
             return self._calibrate(net, info)
         return model

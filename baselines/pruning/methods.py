@@ -22,7 +22,6 @@ setting, under `method_args.runs_root`, default the training run's own runs fold
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -32,11 +31,10 @@ from baselines.pruning.l1_filter import L1PruneSpec, l1_prune
 from baselines.pruning.magnitude import magnitude_prune
 from baselines.pruning.slimming import bn_l1_penalty, slim_prune
 from benchmarks.data import DatasetInfo
-from benchmarks.engine.checkpoint import resolve_checkpoint
 from benchmarks.engine.method import Method, Stage, StepContext, register_method
 from benchmarks.errors import ConfigError
 
-__all__ = ["L1FilterMethod", "MagnitudeMethod", "NetworkSlimmingMethod", "resolve_init"]
+__all__ = ["L1FilterMethod", "MagnitudeMethod", "NetworkSlimmingMethod"]
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DistributedDataParallel
@@ -51,18 +49,6 @@ def _known_args(method: Method, stage: Stage, allowed: set[str]) -> dict[str, An
             f"'{method.name}'; allowed: {', '.join(sorted(allowed))}"
         )
     return stage.args
-
-
-def resolve_init(value: str, cfg: dict[str, Any], runs_root: Path | None = None) -> Path:
-    """The checkpoint stem `method_args.init` names (see the module docstring); experiments
-    resolve under `method_args.runs_root`, else `runs_root` (the training run's own root)."""
-    return resolve_checkpoint(
-        value,
-        key="method_args.init",
-        seed=int(cfg.get("seed", 0)),
-        quick=bool(cfg.get("quick", False)),
-        runs_root=cfg.get("method_args", {}).get("runs_root") or runs_root,
-    )
 
 
 class _PruningMethod(Method):
@@ -84,17 +70,9 @@ class _PruningMethod(Method):
         init = self.args.get("init")
         if init is None:
             return super().build_model(info)
-        from benchmarks.engine.checkpoint import build_from_checkpoint
+        from benchmarks.engine.checkpoint import load_parent_model
 
-        stem = resolve_init(str(init), self.cfg, self.runs_root)
-        model, _ = build_from_checkpoint(stem)
-        expected = self.cfg["model"]["name"]
-        if model.arch_config["name"] != expected:
-            raise ConfigError(
-                f"method_args.init: {stem.with_suffix('.json')} holds a '{model.arch_config['name']}', "
-                f"but model.name is '{expected}'"
-            )
-        return model
+        return load_parent_model(self.cfg, self.runs_root)
 
 
 @register_method

@@ -276,3 +276,48 @@ def resolve_checkpoint(
             "folder, a checkpoint's .safetensors/.json file, or its path without suffix)"
         )
     return path
+
+
+def checkpoint_of(cfg: dict[str, Any], key: str, runs_root: str | os.PathLike | None = None) -> Path:
+    """The checkpoint stem `method_args.<key>` of `cfg` names (`resolve_checkpoint` for the
+    config's seed and quick setting; experiments resolve under `method_args.runs_root`, else
+    `runs_root`, the training run's own root)."""
+    return resolve_checkpoint(
+        str(cfg["method_args"][key]),
+        key=f"method_args.{key}",
+        seed=int(cfg.get("seed", 0)),
+        quick=bool(cfg.get("quick", False)),
+        runs_root=cfg.get("method_args", {}).get("runs_root") or runs_root,
+    )
+
+
+def load_parent_model(cfg: dict[str, Any], runs_root: str | os.PathLike | None = None, key: str = "init") -> nn.Module:
+    """The trained model a run starts from (`method_args.<key>`), which must be an instance of
+    the config's `model.name`."""
+    from benchmarks.errors import ConfigError
+
+    stem = checkpoint_of(cfg, key, runs_root)
+    model, _ = build_from_checkpoint(stem)
+    expected = cfg["model"]["name"]
+    if model.arch_config["name"] != expected:
+        raise ConfigError(
+            f"method_args.{key}: {stem.with_suffix('.json')} holds a '{model.arch_config['name']}', "
+            f"but model.name is '{expected}'"
+        )
+    return model
+
+
+def load_backbone_into(model: nn.Module, cfg: dict[str, Any], runs_root: str | os.PathLike | None = None,
+                       key: str = "backbone") -> nn.Module:  # fmt: skip
+    """Load the trained static network `method_args.<key>` names into a dynamic model built on
+    it (its `load_backbone_state`)."""
+    stem = checkpoint_of(cfg, key, runs_root)
+    static, _ = build_from_checkpoint(stem)
+    try:
+        model.load_backbone_state(static.state_dict())
+    except KeyError as exc:
+        raise CheckpointError(
+            f"method_args.{key}: {stem.with_suffix('.safetensors')} does not fit the backbone of "
+            f"this {type(model).__name__}: {exc.args[0]}"
+        ) from None
+    return model

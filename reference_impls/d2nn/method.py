@@ -350,17 +350,9 @@ class D2NNConfidenceMethod(D2NNStaticMethod):
         return stages
 
     def build_model(self, info: DatasetInfo) -> nn.Module:
-        from baselines.pruning.methods import resolve_init
-        from benchmarks.engine.checkpoint import build_from_checkpoint
+        from benchmarks.engine.checkpoint import load_parent_model
 
-        stem = resolve_init(str(self.args["init"]), self.cfg, self.runs_root)
-        model, _ = build_from_checkpoint(stem)
-        expected = self.cfg["model"]["name"]
-        if model.arch_config["name"] != expected:
-            raise ConfigError(
-                f"{self.where}: method_args.init holds a '{model.arch_config['name']}', but model.name is '{expected}'"
-            )
-        return model
+        return load_parent_model(self.cfg, self.runs_root)
 
     def start_stage(self, model: nn.Module, stage: Stage, info: DatasetInfo) -> nn.Module:
         from benchmarks.data import load_split

@@ -41,15 +41,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmarks.data import DatasetInfo
-from benchmarks.engine.checkpoint import (
-    build_from_checkpoint,
-    resolve_checkpoint,
-)
+from benchmarks.engine.checkpoint import load_backbone_into, resolve_checkpoint
 from benchmarks.engine.method import Method, Stage, StepContext, register_method
-from benchmarks.errors import CheckpointError, ConfigError
+from benchmarks.errors import ConfigError
 from reference_impls.lcnet.model import COST_ESTIMATES, LCNet
 
-__all__ = ["LCNetMethod", "load_backbone", "resolve_backbone_checkpoint"]
+__all__ = ["LCNetMethod", "resolve_backbone_checkpoint"]
 
 _METHOD_ARGS = {"backbone", "runs_root", "rho", "beta", "cost_estimate", "head_lr_mult", "select_tolerance"}
 _STAGE_ARGS = {"gating", "rho", "beta"}
@@ -63,21 +60,6 @@ def resolve_backbone_checkpoint(
 ) -> Path:
     """The checkpoint stem of `method_args.backbone` (see `resolve_checkpoint`)."""
     return resolve_checkpoint(value, key="method_args.backbone", seed=seed, quick=quick, runs_root=runs_root)
-
-
-def load_backbone(model: LCNet, value: str | Path, **resolve: Any) -> LCNet:
-    """Load the static backbone checkpoint `value` (see `resolve_backbone_checkpoint`, which
-    takes `resolve`) into `model`."""
-    stem = resolve_backbone_checkpoint(value, **resolve)
-    static, _ = build_from_checkpoint(stem)
-    try:
-        model.load_backbone_state(static.state_dict())
-    except KeyError as exc:
-        raise CheckpointError(
-            f"method_args.backbone: {stem.with_suffix('.safetensors')} does not fit the "
-            f"backbone of this LC-Net model: {exc.args[0]}"
-        ) from None
-    return model
 
 
 def _number(where: str, key: str, value: Any, low: float | None = None) -> float:
@@ -140,10 +122,7 @@ class LCNetMethod(Method):
             net.gating = bool(self._stage_arg(stage, "gating", True))
             net.set_engine("masked")  # training computes everything (differentiable)
             if stage.index == 0 and self.args.get("backbone"):
-                load_backbone(
-                    net, self.args["backbone"], seed=int(self.cfg.get("seed", 0)),
-                    quick=bool(self.cfg.get("quick", False)), runs_root=self.args.get("runs_root") or self.runs_root,
-                )
+                load_backbone_into(net, self.cfg, self.runs_root)
         return model
 
     def trainable_parameters(self, model: nn.Module, stage: Stage) -> Iterable[Any]:
