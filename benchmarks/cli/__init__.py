@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "cost": "benchmarks.cli.cost:cost",
     "data": "benchmarks.cli.data:data",
     "latency": "benchmarks.cli.latency:latency",
+    "leaderboard": "benchmarks.cli.leaderboard:leaderboard",
     "models": "benchmarks.cli.models:models",
     "reproduce": "benchmarks.cli.reproduce:reproduce",
     "train": "benchmarks.cli.train:train",
