@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from benchmarks.cli.options import data_root_option
+
 ENTRIES = Path("results") / "leaderboard" / "entries"
 
 
@@ -55,3 +57,38 @@ def validate(paths: tuple[str, ...], max_weights_mb: float) -> None:
     for record in records:
         click.echo(f"ok: {record.entry_id} ({record.path})")
     click.echo(f"{len(records)} record(s) valid")
+
+
+@leaderboard.command("evaluate")
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--fast", is_flag=True, help="A fixed, hashed 500-image subset of each split (CI); wider tolerances.")
+@click.option("--no-latency", is_flag=True, help="Skip the CPU latency and realization ratio.")
+@click.option("--max-weights-mb", type=click.FloatRange(min=0, min_open=True), default=512, show_default=True,
+              help="Refuse weights larger than this (before downloading them).")  # fmt: skip
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a weights URL may take to answer.")  # fmt: skip
+@data_root_option
+def evaluate(paths: tuple[str, ...], fast: bool, no_latency: bool, max_weights_mb: float, timeout_s: float,
+             data_root: str | None) -> None:  # fmt: skip
+    """Re-evaluate records with the harness: fetch and verify the weights, run the admission
+    rules of PROTOCOL.md §5, measure accuracy, MACs and latency, and write the results and the
+    status (admitted, marked or rejected, with reasons) into each record."""
+    import time
+
+    from benchmarks.leaderboard.evaluate import evaluate_record
+    from benchmarks.leaderboard.records import RecordError, record_paths
+
+    files = [f for p in (paths or (str(ENTRIES),)) for f in record_paths(p)]
+    if not files:
+        raise RecordError(f"no record.json under {', '.join(paths or (str(ENTRIES),))}")
+    for path in files:
+        started = time.perf_counter()
+        data = evaluate_record(path, fast=fast, data_root=data_root, latency=not no_latency,
+                               max_bytes=int(max_weights_mb * 2**20), timeout_s=timeout_s,
+                               log=lambda message: click.echo(message, err=True))  # fmt: skip
+        status = data["status"]
+        test = data["evaluation"]["accuracy"]["test"]
+        click.echo(f"{data['entry_id']}: {status['state']} ({time.perf_counter() - started:.1f}s), test accuracy "
+                   f"{test['accuracy']:.2f} on {test['images']} images, {data['evaluation']['cost']['macs_mean']:,.0f} MACs")  # fmt: skip
+        for reason in status["reasons"]:
+            click.echo(f"  {reason}")
