@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -618,28 +617,6 @@ def _logits(output: Any) -> torch.Tensor | None:
     return None
 
 
-def _choose_counter(model: nn.Module, x: torch.Tensor) -> str:
-    """`modules` (fast) unless it misses MACs that the complete `functions` counter sees on
-    this sample (functional matmuls, e.g. fused attention): then `functions`, with a warning."""
-    from benchmarks.routing import trace
-
-    counts = {}
-    for counter in ("modules", "functions"):
-        with trace(batch_size=1, counter=counter) as t:
-            model(x[:1])
-        counts[counter] = int(t.macs_executed[0])
-    if counts["modules"] == counts["functions"]:
-        return "modules"
-    warnings.warn(
-        f"{type(model).__name__}: the module-hook counter sees {counts['modules']:,} MACs on "
-        f"the first sample but the function counter sees {counts['functions']:,} (functional "
-        "matmuls or attention); counting with the slower function counter",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-    return "functions"
-
-
 def measure_cost(
     model: nn.Module,
     data: Any,
@@ -648,15 +625,16 @@ def measure_cost(
     batch_size: int = 256,
     limit: int | None = None,
     device: str | torch.device | None = None,
-    counter: str = "auto",
+    counter: str = "functions",
     progress: bool = False,
 ) -> CostResult:
     """Per-sample executed / theoretical / controller MACs of `model` over real inputs.
 
     `data` is a split from `benchmarks.data.load_split` (or any dataset of (image, label), or
     a tensor of images). `engine` sets the routing engine first (None keeps the model's own);
-    `limit` counts only the first samples; `counter` is `modules`, `functions` or `auto`
-    (probe the first sample with both, see `_choose_counter`). The model is moved to `device`
+    `limit` counts only the first samples; `counter` is `functions` (complete: every conv,
+    linear, matmul, einsum and attention call, functional or not) or `modules` (module hooks
+    only: faster, but blind to functional matmuls and attention). The model is moved to `device`
     if given; it is run in eval mode under no_grad and its training flags are restored.
     """
     import pandas as pd
@@ -687,8 +665,6 @@ def measure_cost(
     with evaluation(model):
         for images, targets in batches:
             x = images.to(target_device)
-            if counter == "auto":
-                counter = _choose_counter(model, x)
             with trace(batch_size=len(x), counter=counter, cache=cache) as t:
                 output = model(x)
             for column in _MAC_COLUMNS:

@@ -59,9 +59,10 @@ __all__ = [
 
 ENGINES = ("masked", "sparse")
 DEFAULT_ENGINE = "sparse"
-#: how a trace counts the MACs of ordinary layers: `modules` (global module forward hooks on
-#: Conv/Linear/RNN/MultiheadAttention: fast), `functions` (a TorchFunctionMode on conv, linear,
-#: matmul, einsum, attention...: complete, slower, also counts non-MAC ops) or None (routing
+#: how a trace counts the MACs of ordinary layers: `functions` (the default: a TorchFunctionMode
+#: on conv, linear, matmul, einsum, attention...: complete, also counts non-MAC ops), `modules`
+#: (global module forward hooks on Conv/Linear/RNN/MultiheadAttention: a little faster, but
+#: blind to functional matmuls and attention, e.g. a third of swin_t's MACs) or None (routing
 #: decisions only)
 COUNTERS = ("modules", "functions", None)
 
@@ -136,7 +137,7 @@ class Trace:
         self,
         *,
         batch_size: int | None = None,
-        counter: str | None = "modules",
+        counter: str | None = "functions",
         cache: dict | None = None,
     ):
         if counter not in COUNTERS:
@@ -461,7 +462,7 @@ class Trace:
 
 
 def trace(
-    *, batch_size: int | None = None, counter: str | None = "modules", cache: dict | None = None
+    *, batch_size: int | None = None, counter: str | None = "functions", cache: dict | None = None
 ) -> Trace:
     """Record per-sample routing and MACs of the forward pass run inside the `with` block.
 

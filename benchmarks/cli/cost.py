@@ -132,8 +132,8 @@ def _json_safe(value: Any) -> Any:
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Count only the first N samples of the split.")
-@click.option("--counter", type=click.Choice(["auto", "modules", "functions"]), default="auto",
-              show_default=True, help="How ordinary layers are counted (see the docs).")
+@click.option("--counter", type=click.Choice(["functions", "modules"]), default="functions", show_default=True,
+              help="functions: every conv, linear, matmul and attention call (complete); modules: module hooks only (misses functional matmuls).")  # fmt: skip
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Per-sample CSV to write (aggregates go to <out>.summary.json).")

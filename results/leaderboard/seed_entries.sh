@@ -17,9 +17,10 @@ run_of() {  # the finished seed-0 run folder of experiment $2 under $1
 }
 
 submit() {  # RUNS EXPERIMENT ENTRY_ID TITLE [PAPER_URL]
-    local paper=()
+    local paper=() run
     [ -n "${5:-}" ] && paper=(--paper-url "$5")
-    dynbench leaderboard submit "$(run_of "$1" "$2")" --id "$3" --title "$4" --author "$AUTHOR" --entries "$ENTRIES" "${paper[@]}"
+    run=$(run_of "$1" "$2") || exit 2
+    dynbench leaderboard submit "$run" --id "$3" --title "$4" --author "$AUTHOR" --entries "$ENTRIES" "${paper[@]}"
 }
 
 D2NN=https://arxiv.org/abs/1701.00299
@@ -52,6 +53,6 @@ submit "$DIGITS_RUNS" digits_cnn digits-cnn "A small CNN on digits"
 submit "$DIGITS_RUNS" digits_resnet20 resnet20-digits "ResNet-20 on digits"
 submit "$DIGITS_RUNS" digits_resnet20_l1 resnet20-l1-digits "ResNet-20, L1-filter pruned, on digits" "$L1"
 submit "$DIGITS_RUNS" digits_d2nn_cascade d2nn-cascade-digits "D2NN cascade on digits" "$D2NN"
-submit "$DIGITS_RUNS" digits_resnet20_lc lcnet-lc-digits "LC-Net LC on digits" "$LCNET"
+submit "$DIGITS_RUNS" digits_resnet20_lc--rho0.5 lcnet-lc-rho0.5-digits "LC-Net LC, rho 0.5, on digits" "$LCNET"
 
 dynbench leaderboard validate "$ENTRIES"
