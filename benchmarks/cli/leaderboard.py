@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from benchmarks.cli.options import data_root_option
+from benchmarks.errors import DynbenchError
 
 ENTRIES = Path("results") / "leaderboard" / "entries"
 
@@ -81,27 +83,23 @@ def evaluate(paths: tuple[str, ...], fast: bool, no_latency: bool, max_weights_m
     files = [f for p in (paths or (str(ENTRIES),)) for f in record_paths(p)]
     if not files:
         raise RecordError(f"no record.json under {', '.join(paths or (str(ENTRIES),))}")
+    refused = []
     for path in files:
         started = time.perf_counter()
-        data = evaluate_record(path, fast=fast, data_root=data_root, latency=not no_latency,
-                               max_bytes=int(max_weights_mb * 2**20), timeout_s=timeout_s,
-                               log=lambda message: click.echo(message, err=True))  # fmt: skip
+        try:
+            data = evaluate_record(path, fast=fast, data_root=data_root, latency=not no_latency,
+                                   max_bytes=int(max_weights_mb * 2**20), timeout_s=timeout_s,
+                                   log=lambda message: click.echo(message, err=True))  # fmt: skip
+        except DynbenchError as exc:  # one bad record does not stop the others; it is left unchanged
+            refused.append(path)
+            click.echo(f"error: {exc}", err=True)
+            continue
         status = data["status"]
         test = data["evaluation"]["accuracy"]["test"]
         click.echo(f"{data['entry_id']}: {status['state']} ({time.perf_counter() - started:.1f}s), test accuracy "
                    f"{test['accuracy']:.2f} on {test['images']} images, {data['evaluation']['cost']['macs_mean']:,.0f} MACs")  # fmt: skip
         for reason in status["reasons"]:
             click.echo(f"  {reason}")
-
-
-@leaderboard.command("render")
-@click.option("--entries", default=str(ENTRIES), show_default=True, type=click.Path(file_okay=False),
-              help="Leaderboard entries folder.")  # fmt: skip
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Where index.md and index.html go (default: above --entries).")
-def render(entries: str, out: str | None) -> None:
-    """Write the leaderboard page (index.md, a self-contained sortable index.html with Pareto
-    plots, and leaderboard.json) from the evaluated records."""
-    from benchmarks.leaderboard.render import render as render_page
-
-    for path in render_page(entries, out):
-        click.echo(str(path))
+    if refused:
+        click.echo(f"{len(refused)} of {len(files)} record(s) refused, left unchanged", err=True)
+        sys.exit(2)

@@ -27,7 +27,6 @@ split (for CI): rules 5 and 7 then use the wider tolerances below, and the recor
 from __future__ import annotations
 
 import datetime as _dt
-import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -82,7 +81,7 @@ def fetch_weights(record: Record, into: Path, *, max_bytes: int = DEFAULT_MAX_WE
                     if received > max_bytes:
                         raise RecordError(f"{where}: weights at {url} exceed the limit of {max_bytes:,} bytes")
                     f.write(chunk)
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         target.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
         raise RecordError(f"{where}: field 'weights.url': {url} did not answer within {timeout_s:g} s ({reason})") from None
@@ -135,7 +134,7 @@ def _observe(model: nn.Module, images: torch.Tensor, engine: str | None) -> dict
     decisions = {f"unit {k}": v for k, v in t.units_executed.items()}
     decisions.update({f"channels {k}": v for k, v in t.channels_kept.items()})
     return {"logits": logits.float(), "pred": logits.argmax(1), "decisions": decisions,
-            "macs": t.macs_executed, "controller": t.macs_controller}  # fmt: skip
+            "macs": t.macs_executed, "theoretical": t.macs_theoretical, "controller": t.macs_controller}  # fmt: skip
 
 
 def _first_difference(a: dict[str, Any], b: dict[str, Any], rows: torch.Tensor | None = None) -> str | None:
@@ -227,6 +226,7 @@ def _run_split(model: nn.Module, dataset: Any, batch_size: int = 250) -> dict[st
         sparse = _observe(model, images, "sparse") if dynamic else accuracy_run
         disagreements += int((sparse["pred"] != accuracy_run["pred"]).sum())
         macs.append(sparse["macs"])
+        theoretical.append(sparse["theoretical"])
         controller.append(sparse["controller"])
     executed = torch.cat(macs).double()
     return {
@@ -234,6 +234,7 @@ def _run_split(model: nn.Module, dataset: Any, batch_size: int = 250) -> dict[st
         "engine_disagreements": disagreements,
         "macs_mean": float(executed.mean()), "macs_p50": float(executed.quantile(0.5)),
         "macs_p90": float(executed.quantile(0.9)), "macs_p99": float(executed.quantile(0.99)),
+        "macs_theoretical_mean": float(torch.cat(theoretical).double().mean()),
         "macs_controller_mean": float(torch.cat(controller).double().mean()),
     }  # fmt: skip
 
@@ -242,7 +243,12 @@ def _latency(model: nn.Module, record: Record, data_root: Any, macs: float) -> d
     """CPU p50 latency at batch 1 and 64 (one thread, sparse engine) and the realization ratio
     against the static backbone the registry names for the model."""
     from benchmarks.cost import count_macs
-    from benchmarks.latency import LatencyConfig, latency_sample_set, measure_model, realization_ratio
+    from benchmarks.latency import (
+        LatencyConfig,
+        latency_sample_set,
+        measure_model,
+        realization_ratio,
+    )
     from benchmarks.registry import create_model, get_model_spec
     from benchmarks.routing import is_dynamic
     from benchmarks.suite_latency import SUITE_TIMING, _backbone
@@ -324,7 +330,7 @@ def evaluate_record(
     evaluation: dict[str, Any] = {
         "fast": fast,
         "accuracy": {s: {"accuracy": v["accuracy"], "f1": v["f1"], **subsets[s]} for s, v in splits.items()},
-        "cost": {k: test[k] for k in ("macs_mean", "macs_p50", "macs_p90", "macs_p99", "macs_controller_mean")}
+        "cost": {k: test[k] for k in ("macs_mean", "macs_p50", "macs_p90", "macs_p99", "macs_theoretical_mean", "macs_controller_mean")}
                 | {"counter": "functions", "engine": "sparse"},
         "latency": None,
         "realization_ratio": None,

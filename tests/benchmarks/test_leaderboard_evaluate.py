@@ -209,3 +209,22 @@ def test_a_bad_download_is_refused_and_nothing_written(tmp_path, honest_numbers,
         with pytest.raises(RecordError, match=message.replace(".", r"\.").replace("(", r"\(")):
             evaluate_record(path, fast=True, latency=False, **kwargs)
     assert path.read_bytes() == before
+
+
+def test_the_cli_evaluates_the_good_records_and_exits_2_naming_the_bad_one(tmp_path, honest_numbers, capsys):
+    from benchmarks.cli import main
+
+    entries = tmp_path / "entries"
+    good = _write(entries, "good", "honest", **honest_numbers)
+    bad = _write(entries, "bad", "honest", **honest_numbers)
+    record = json.loads(bad.read_text())
+    record["weights"]["sha256"] = "0" * 64
+    bad.write_text(json.dumps(record))
+    before = bad.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["leaderboard", "evaluate", "--fast", "--no-latency", str(entries)])
+    output = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert "field 'weights.sha256'" in output.err and "1 of 2 record(s) refused" in output.err
+    assert "good: admitted" in output.out
+    assert json.loads(good.read_text())["status"]["state"] == "admitted" and bad.read_bytes() == before
