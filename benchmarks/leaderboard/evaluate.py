@@ -13,7 +13,9 @@ Admission (each rule a row of `evaluation.admission`, with what it saw):
    gets inside a shuffled batch.
 3. `engines_agree`: the sparse engine's predictions equal the accuracy run's (masked engine)
    on the whole evaluated split.
-4. `controller_counted`: a model that routes reports controller MACs (> 0).
+4. `controller_counted`: a model that routes reports controller MACs (> 0), or decides only
+   through marked controllers without parameters (confidence thresholds on its own outputs,
+   whose MACs are already counted as the outputs').
 5. `macs_declared`: the reported mean MACs lie within 1% of the recount on test.
 6. `weights_and_splits`: safetensors with the recorded sha256, split hashes of the protocol
    (checked by `validate` before anything runs).
@@ -182,13 +184,17 @@ def admission_checks(model: nn.Module, images: torch.Tensor, *, seed: int = 0) -
                        f"{min(INVARIANCE_SAMPLES, len(images))} samples alone = in a shuffled batch" if diff is None else diff))  # fmt: skip
 
     controller = float(first["controller"].float().mean())
-    if dynamic:
-        rules.append(_rule("controller_counted", controller > 0,
-                           f"controller MACs {controller:,.0f} per sample" if controller > 0 else
-                           "the model routes but reports 0 controller MACs: its gates are not marked "
-                           "(benchmarks.routing.mark_controller)"))  # fmt: skip
-    else:
+    marked = [m for m in model.modules() if getattr(m, "_dynbench_controller", False)]
+    if not dynamic:
         rules.append(_rule("controller_counted", True, "static model: no controller"))
+    elif controller > 0:
+        rules.append(_rule("controller_counted", True, f"controller MACs {controller:,.0f} per sample"))
+    elif marked and not any(p.numel() for m in marked for p in m.parameters()):
+        rules.append(_rule("controller_counted", True, f"{len(marked)} parameter-free controller(s) (e.g. confidence "
+                                                       "thresholds on the model's own outputs): 0 MACs"))  # fmt: skip
+    else:
+        rules.append(_rule("controller_counted", False, "the model routes but reports 0 controller MACs: its gates are "
+                                                        "not marked (benchmarks.routing.mark_controller)"))  # fmt: skip
     return rules
 
 

@@ -228,3 +228,13 @@ def test_the_cli_evaluates_the_good_records_and_exits_2_naming_the_bad_one(tmp_p
     assert "field 'weights.sha256'" in output.err and "1 of 2 record(s) refused" in output.err
     assert "good: admitted" in output.out
     assert json.loads(good.read_text())["status"]["state"] == "admitted" and bad.read_bytes() == before
+
+
+def test_a_parameter_free_controller_passes_the_controller_rule():
+    from benchmarks.leaderboard.evaluate import admission_checks
+    from benchmarks.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("d2nn_cascade_confidence", num_classes=2, in_chans=1, thresholds=[0.6, 0.7, 0.8]).eval()
+    rule = next(r for r in admission_checks(model, torch.randn(8, 1, 28, 28)) if r["rule"] == "controller_counted")
+    assert rule["passed"] and "parameter-free controller" in rule["detail"]
