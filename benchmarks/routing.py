@@ -1212,11 +1212,16 @@ class GatedConv2d(DynamicModule):
         return y
 
     def _out_hw(self, x: torch.Tensor) -> tuple[int, int]:
+        """The convolution's output size, by arithmetic (a probe convolution, even on the meta
+        device, would be seen by FLOP counters as work done)."""
         conv = self.conv
-        probe = torch.empty((1, conv.in_channels, *x.shape[2:]), device="meta")
-        weight = torch.empty(conv.weight.shape, device="meta")
-        y = F.conv2d(probe, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-        return tuple(y.shape[2:])
+        if conv.padding == "same":
+            return (x.shape[2], x.shape[3])
+        padding = (0, 0) if conv.padding == "valid" else conv.padding
+        return tuple(
+            (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+            for size, pad, dil, k, stride in zip(x.shape[2:], padding, conv.dilation, conv.kernel_size, conv.stride, strict=True)
+        )
 
     def _per_pair(self, y: torch.Tensor) -> int:
         """MACs of one (output channel, input channel) pair per sample."""
