@@ -29,6 +29,7 @@ split (for CI): rules 5 and 7 then use the wider tolerances below, and the recor
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import tempfile
 import urllib.error
 import urllib.request
@@ -146,9 +147,9 @@ def _first_difference(a: dict[str, Any], b: dict[str, Any], rows: torch.Tensor |
         i = int((pick(a["pred"]) != b["pred"]).nonzero()[0])
         return f"sample {i}: prediction {int(pick(a['pred'])[i])} vs {int(b['pred'][i])}"
     for name in sorted(set(a["decisions"]) | set(b["decisions"])):
-        if name not in a["decisions"] or name not in b["decisions"]:
-            return f"{name} ran in one pass only"
-        x, y = pick(a["decisions"][name]), b["decisions"][name]
+        # a unit absent from one pass ran for none of its samples there: zeros
+        x = pick(a["decisions"][name]) if name in a["decisions"] else torch.zeros_like(b["decisions"][name])
+        y = b["decisions"][name] if name in b["decisions"] else torch.zeros_like(x)
         if not torch.equal(x, y):
             i = int((x != y).nonzero()[0])
             return f"sample {i}: {name} {x[i].item()} vs {y[i].item()}"
@@ -178,7 +179,7 @@ def admission_checks(model: nn.Module, images: torch.Tensor, *, seed: int = 0) -
         alone = _observe(model, images[i : i + 1], engine)
         diff = _first_difference(shuffled, alone, position[i : i + 1])
         if diff is not None:
-            diff = f"sample {i} alone vs in a shuffled batch of {len(images)}: {diff.split(': ', 1)[1]}"
+            diff = f"sample {i} alone vs in a shuffled batch of {len(images)}: {diff.split(': ', 1)[-1]}"
             break
     rules.append(_rule("batch_invariant", diff is None,
                        f"{min(INVARIANCE_SAMPLES, len(images))} samples alone = in a shuffled batch" if diff is None else diff))  # fmt: skip
@@ -269,7 +270,9 @@ def _latency(model: nn.Module, record: Record, data_root: Any, macs: float) -> d
                            "p50_ms": {str(r["batch_size"]): r["p50_ms"] for r in rows}, "realization_ratio": None}  # fmt: skip
     backbone = _backbone(model_id, get_model_spec(model_id).kind)
     if backbone is not None and backbone != model_id:
-        static = create_model(backbone, **record.data["model"]["kwargs"]).eval()
+        accepted = inspect.signature(get_model_spec(backbone).builder).parameters
+        shared = {k: v for k, v in record.data["model"]["kwargs"].items() if k in accepted}  # classes, channels, widths
+        static = create_model(backbone, **shared).eval()
         static_macs = float(count_macs(static, samples.images[:1]).macs)
         static_rows = {r["batch_size"]: r for r in (m.row for m in measure_model(static, samples, backbone, config))}
         out["backbone"] = backbone
