@@ -22,8 +22,22 @@ def leaderboard() -> None:
     """Submit, validate, evaluate and render leaderboard records."""
 
 
+def _json_option(ctx: click.Context, param: click.Parameter, value: str | None) -> dict | None:
+    import json
+
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("a JSON object, e.g. '{\"width\": 8}'")
+    return parsed
+
+
 @leaderboard.command("submit")
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--id", "entry_id", required=True, help="Entry id: 3-80 of a-z, 0-9, '.', '_', '-'; names its folder.")
 @click.option("--title", required=True, help="What the entry is, in a line.")
 @click.option("--author", "authors", multiple=True, required=True, help="An author (repeat for several).")
@@ -31,14 +45,43 @@ def leaderboard() -> None:
 @click.option("--code-url", default=None, help="http(s) URL of the code.")
 @click.option("--entries", default=str(ENTRIES), show_default=True, type=click.Path(file_okay=False),
               help="Leaderboard entries folder the record is written to.")  # fmt: skip
-def submit(run_dir: str, entry_id: str, title: str, authors: tuple[str, ...], paper_url: str | None,
-           code_url: str | None, entries: str) -> None:  # fmt: skip
-    """Make a pending record from the finished run folder RUN_DIR: its selected weights
-    (copied, with their sha256), model, protocol and reported val/test metrics."""
-    from benchmarks.leaderboard import make_record
+@click.option("--model", "model_id", default=None, help="Without RUN_DIR: the registry id of the model.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Without RUN_DIR: its .safetensors file.")
+@click.option("--kwargs", callback=_json_option, default=None, help="Without RUN_DIR: constructor arguments (JSON object).")
+@click.option("--dataset", default=None, help="Without RUN_DIR: the dataset it was trained on.")
+@click.option("--dataset-options", callback=_json_option, default=None, help="Without RUN_DIR: dataset options (JSON object).")
+@click.option("--accuracy-val", type=float, default=None, help="Without RUN_DIR: reported val accuracy (%).")
+@click.option("--accuracy-test", type=float, default=None, help="Without RUN_DIR: reported test accuracy (%).")
+@click.option("--f1-test", type=float, default=None, help="Without RUN_DIR: reported test F-score (%), binary tasks.")
+@click.option("--macs", type=float, default=None, help="Without RUN_DIR: reported mean executed MACs per sample, controllers included.")
+@click.option("--controller-macs", type=float, default=None, help="Without RUN_DIR: reported mean controller MACs per sample.")
+@click.option("--training-images", type=int, default=None, help="Without RUN_DIR: images processed in training (budget).")
+def submit(run_dir: str | None, entry_id: str, title: str, authors: tuple[str, ...], paper_url: str | None,
+           code_url: str | None, entries: str, model_id: str | None, weights: str | None, kwargs: dict | None,
+           dataset: str | None, dataset_options: dict | None, accuracy_val: float | None, accuracy_test: float | None,
+           f1_test: float | None, macs: float | None, controller_macs: float | None, training_images: int | None) -> None:  # fmt: skip
+    """Make a pending record: from the finished run folder RUN_DIR (its selected weights,
+    model, protocol and val/test metrics), or from --model, --weights, --dataset and the
+    reported numbers. The weights are copied beside the record with their sha256."""
+    from benchmarks.leaderboard.records import (
+        RecordError,
+        Submission,
+        make_record,
+        make_record_from_weights,
+    )
 
-    path = make_record(run_dir, entries, entry_id=entry_id, title=title, authors=list(authors),
-                       paper_url=paper_url, code_url=code_url)  # fmt: skip
+    who = Submission(entry_id, title, list(authors), paper_url, code_url)
+    if run_dir is not None:
+        if model_id or weights or dataset:
+            raise RecordError("give a RUN_DIR or --model/--weights/--dataset, not both")
+        path = make_record(run_dir, entries, who)
+    else:
+        if not (model_id and weights and dataset):
+            raise RecordError("give a finished RUN_DIR, or --model, --weights and --dataset with the reported numbers")
+        reported = {"accuracy_val": accuracy_val, "accuracy_test": accuracy_test, "f1_test": f1_test, "macs_mean": macs,
+                    "macs_controller_mean": controller_macs, "training_images": training_images}  # fmt: skip
+        path = make_record_from_weights(model_id, weights, entries, who, dataset=dataset, reported=reported,
+                                        kwargs=kwargs, options=dataset_options)  # fmt: skip
     click.echo(f"record: {path} (pending; next: dynbench leaderboard validate {path.parent})")
 
 

@@ -30,6 +30,7 @@ from benchmarks.io import atomic_write_json, confined_path, sha256_file
 __all__ = [
     "RecordError", "Record", "SCHEMA_VERSION", "DEFAULT_MAX_WEIGHTS_BYTES", "RECORD_FILE", "WEIGHTS_FILE",
     "check_schema", "safetensors_header", "validate_record", "validate_leaderboard", "make_record",
+    "make_record_from_weights", "Submission",
 ]  # fmt: skip
 
 SCHEMA_VERSION = 1
@@ -232,57 +233,50 @@ def _reported(run: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def make_record(
-    run_dir: str | Path,
-    entries_root: str | Path,
-    *,
-    entry_id: str,
-    title: str,
-    authors: list[str],
-    paper_url: str | None = None,
-    code_url: str | None = None,
-) -> Path:
-    """A pending record (and a copy of the selected weights) from a finished run folder,
-    written as `<entries_root>/<entry_id>/` all at once; returns the record's path."""
-    from benchmarks import __version__
-    from benchmarks.environment import git_commit
-    from benchmarks.registry import model_source
-    from benchmarks.runs import RunFolder
+@dataclass(frozen=True)
+class Submission:
+    """Who and what, for a new record (`make_record`, `make_record_from_weights`)."""
 
+    entry_id: str
+    title: str
+    authors: list[str]
+    paper_url: str | None = None
+    code_url: str | None = None
+
+
+def _target(entries_root: str | Path, entry_id: str) -> Path:
     if not ENTRY_ID.fullmatch(entry_id):
         raise RecordError(f"field 'entry_id': '{entry_id}' is not 3-80 of a-z, 0-9, '.', '_', '-' (starting with a letter or digit)")
-    run = RunFolder(Path(run_dir))
-    problem = run.completion_problem()
-    if problem is not None:
-        raise RecordError(f"{run_dir}: not a finished run folder ({problem})")
-    entries_root = Path(entries_root)
-    target = entries_root / entry_id
+    target = Path(entries_root) / entry_id
     if target.exists():
         raise RecordError(f"field 'entry_id': '{entry_id}' already exists in {entries_root}")
-    cfg = run.load_config()
-    best = json.loads((run.checkpoint_dir / "best.json").read_text(encoding="utf-8"))
-    weights = run.checkpoint_dir / "best.safetensors"
-    from benchmarks.protocol import protocol_of_config
+    return target
 
-    protocol = protocol_of_config(cfg)
+
+def _write_entry(target: Path, submission: Submission, model: dict[str, Any], weights: Path, protocol: Any,
+                 reported: dict[str, Any]) -> Path:  # fmt: skip
+    """Write `<entries>/<entry_id>/` (record + weights copy) all at once, validated."""
+    from benchmarks import __version__
+    from benchmarks.environment import git_commit
+
     record = {
         "schema_version": SCHEMA_VERSION,
-        "entry_id": entry_id,
-        "title": title,
-        "authors": list(authors),
-        "paper_url": paper_url,
-        "code_url": code_url,
-        "model": {"id": best["arch"]["name"], "kwargs": best["arch"].get("kwargs") or {}, "provider": model_source(best["arch"]["name"])},
+        "entry_id": submission.entry_id,
+        "title": submission.title,
+        "authors": list(submission.authors),
+        "paper_url": submission.paper_url,
+        "code_url": submission.code_url,
+        "model": model,
         "weights": {"url": WEIGHTS_FILE, "sha256": sha256_file(weights), "size_bytes": weights.stat().st_size, "format": "safetensors"},
         "protocol": {"id": protocol.id, "dataset": protocol.dataset, "options": protocol.options, "split_sha256": protocol.splits},
-        "reported": _reported(run, cfg),
+        "reported": reported,
         "evaluation": None,
         "status": {"state": "pending", "reasons": []},
         "dates": {"submitted": _dt.date.today().isoformat(), "evaluated": None},
         "dynbench": {"version": __version__, "commit": git_commit()},
     }  # fmt: skip
-    entries_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry_id}-", dir=entries_root))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{submission.entry_id}-", dir=target.parent))
     try:
         shutil.copyfile(weights, staging / WEIGHTS_FILE)
         atomic_write_json(staging / RECORD_FILE, record)
@@ -291,3 +285,77 @@ def make_record(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target / RECORD_FILE
+
+
+def make_record(run_dir: str | Path, entries_root: str | Path, submission: Submission) -> Path:
+    """A pending record (and a copy of the selected weights) from a finished run folder,
+    written as `<entries_root>/<entry_id>/` all at once; returns the record's path."""
+    from benchmarks.protocol import protocol_of_config
+    from benchmarks.registry import model_source
+    from benchmarks.runs import RunFolder
+
+    target = _target(entries_root, submission.entry_id)
+    run = RunFolder(Path(run_dir))
+    problem = run.completion_problem()
+    if problem is not None:
+        raise RecordError(f"{run_dir}: not a finished run folder ({problem})")
+    cfg = run.load_config()
+    arch = json.loads((run.checkpoint_dir / "best.json").read_text(encoding="utf-8"))["arch"]
+    model = {"id": arch["name"], "kwargs": arch.get("kwargs") or {}, "provider": model_source(arch["name"])}
+    return _write_entry(target, submission, model, run.checkpoint_dir / "best.safetensors", protocol_of_config(cfg),
+                        _reported(run, cfg))  # fmt: skip
+
+
+def make_record_from_weights(
+    model_id: str,
+    weights: str | Path,
+    entries_root: str | Path,
+    submission: Submission,
+    *,
+    dataset: str,
+    reported: dict[str, Any],
+    kwargs: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+) -> Path:
+    """A pending record from a registered model id, a safetensors file trained on `dataset`
+    (with `options`) and the submitter's numbers (`accuracy_val`, `accuracy_test`,
+    `macs_mean`, `macs_controller_mean`; `f1_test`, `training_images` optional). The
+    constructor gets the dataset's classes and channels unless `kwargs` sets them; params are
+    counted on the built model, whose keys must match the weights'."""
+    from safetensors import safe_open
+
+    from benchmarks.cost import count_params
+    from benchmarks.data import dataset_info
+    from benchmarks.protocol import protocol_of
+    from benchmarks.registry import create_model, model_source
+
+    target = _target(entries_root, submission.entry_id)
+    weights = Path(weights)
+    if not weights.is_file():
+        raise RecordError(f"--weights: '{weights}' does not exist")
+    safetensors_header(weights)
+    try:
+        protocol = protocol_of(dataset, options or None)
+        info = dataset_info(dataset, options or {})
+    except DynbenchError as exc:
+        raise RecordError(f"--dataset: {exc}") from None
+    kwargs = {"num_classes": info.num_classes, "in_chans": info.input_shape[0], **(kwargs or {})}
+    try:
+        built = create_model(model_id, **kwargs)
+    except UnknownNameError as exc:
+        raise RecordError(f"--model: {exc}") from None
+    except TypeError as exc:
+        raise RecordError(f"--kwargs: {exc}") from None
+    with safe_open(str(weights), framework="pt") as f:
+        keys = set(f.keys())
+    expected = set(built.state_dict())
+    if keys != expected:
+        missing, unexpected = sorted(expected - keys)[:3], sorted(keys - expected)[:3]
+        raise RecordError(f"--weights: the file's tensors do not fit model '{model_id}' (missing {missing}, unexpected {unexpected})")
+    required = ("accuracy_val", "accuracy_test", "macs_mean", "macs_controller_mean")
+    absent = [k for k in required if reported.get(k) is None]
+    if absent:
+        raise RecordError(f"reported numbers missing: {', '.join(absent)}")
+    numbers = {"f1_test": None, "training_images": None, **reported, "params": count_params(built), "selected_on": "val"}
+    model = {"id": model_id, "kwargs": kwargs, "provider": model_source(model_id)}
+    return _write_entry(target, submission, model, weights, protocol, numbers)

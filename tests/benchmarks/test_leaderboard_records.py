@@ -18,7 +18,7 @@ from benchmarks.engine import Trainer
 from benchmarks.evaluation import finalize_run
 from benchmarks.io import sha256_file
 from benchmarks.leaderboard import RecordError, make_record, validate_leaderboard, validate_record
-from benchmarks.leaderboard.records import record_paths, safetensors_header
+from benchmarks.leaderboard.records import Submission, record_paths, safetensors_header
 from benchmarks.protocol import protocol_of
 
 TINY = {
@@ -217,9 +217,9 @@ def test_submit_makes_a_record_from_a_finished_run_that_validates(tmp_path, caps
 def test_submit_refuses_an_unfinished_run_and_a_bad_id_writing_nothing(tmp_path):
     entries = tmp_path / "entries"
     with pytest.raises(RecordError, match="not a finished run folder"):
-        make_record(tmp_path, entries, entry_id="x-run", title="X run", authors=["A"])
+        make_record(tmp_path, entries, Submission("x-run", "X run", ["A"]))
     with pytest.raises(RecordError, match="field 'entry_id': '../escape'"):
-        make_record(tmp_path, entries, entry_id="../escape", title="X run", authors=["A"])
+        make_record(tmp_path, entries, Submission("../escape", "X run", ["A"]))
     assert not entries.exists()
 
 
@@ -238,3 +238,32 @@ def test_the_schema_file_is_valid_json_schema():
     from benchmarks.leaderboard.records import _schema
 
     jsonschema.Draft202012Validator.check_schema(_schema(1))
+
+
+def test_submit_from_a_model_id_and_a_weights_file(tmp_path, capsys):
+    from benchmarks.registry import create_model
+
+    torch.manual_seed(0)
+    weights = tmp_path / "mine.safetensors"
+    save_file(create_model("digits_cnn", num_classes=10, in_chans=1).state_dict(), str(weights))
+    entries = tmp_path / "entries"
+
+    def submit(entry_id: str, weights_file: Path, *numbers: str) -> tuple[int, str]:
+        return _cli(capsys, "leaderboard", "submit", "--id", entry_id, "--title", "My CNN", "--author", "A. Submitter",
+                    "--entries", str(entries), "--model", "digits_cnn", "--weights", str(weights_file),
+                    "--dataset", "digits", *numbers)  # fmt: skip
+
+    numbers = ("--accuracy-val", "95.1", "--accuracy-test", "94.7", "--macs", "378176", "--controller-macs", "0")
+    code, output = submit("my-cnn", weights, *numbers)
+    assert code == 0, output
+    record = validate_record(entries / "my-cnn").data
+    assert record["model"] == {"id": "digits_cnn", "kwargs": {"num_classes": 10, "in_chans": 1}, "provider": "dynbench"}
+    assert record["reported"]["params"] > 0 and record["protocol"]["id"] == protocol_of("digits").id
+
+    other = tmp_path / "other.safetensors"
+    save_file({"not.a.key": torch.zeros(2)}, str(other))
+    code, output = submit("other-cnn", other, *numbers)
+    assert code == 2 and "the file's tensors do not fit model 'digits_cnn'" in output
+    code, output = submit("third-cnn", weights)
+    assert code == 2 and "reported numbers missing: accuracy_val, accuracy_test, macs_mean, macs_controller_mean" in output
+    assert sorted(p.name for p in entries.iterdir()) == ["my-cnn"]
