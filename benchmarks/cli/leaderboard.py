@@ -146,3 +146,16 @@ def evaluate(paths: tuple[str, ...], fast: bool, no_latency: bool, max_weights_m
     if refused:
         click.echo(f"{len(refused)} of {len(files)} record(s) refused, left unchanged", err=True)
         sys.exit(2)
+
+
+@leaderboard.command("render")
+@click.option("--entries", default=str(ENTRIES), show_default=True, type=click.Path(file_okay=False),
+              help="Leaderboard entries folder.")  # fmt: skip
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Where index.md and index.html go (default: above --entries).")
+def render(entries: str, out: str | None) -> None:
+    """Write the leaderboard page (index.md, a self-contained sortable index.html with Pareto
+    plots, and leaderboard.json) from the evaluated records."""
+    from benchmarks.leaderboard.render import render as render_page
+
+    for path in render_page(entries, out):
+        click.echo(str(path))

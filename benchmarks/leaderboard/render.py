@@ -28,7 +28,9 @@ def _num(value: Any, digits: int = 2) -> str:
 
 
 def _macs(value: Any) -> str:
-    return "–" if value is None else f"{value / 1e6:,.3f}M"
+    if value is None:
+        return "–"
+    return f"{value / 1e6:,.3f}M" if value >= 1e5 else f"{value:,.0f}"
 
 
 def leaderboard_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -49,6 +51,7 @@ def leaderboard_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "reasons": r["status"]["reasons"], "fast": ev.get("fast", False),
             "accuracy_reported": r["reported"]["accuracy_test"], "accuracy": test["accuracy"], "images": test["images"],
             "f1": test.get("f1") if r["protocol"]["options"].get("positive_classes") else None,
+            "f1_reported": r["reported"].get("f1_test"),
             "macs_reported": r["reported"]["macs_mean"], "macs": ev["cost"]["macs_mean"],
             "macs_controller": ev["cost"]["macs_controller_mean"],
             "latency_b1_ms": p50.get("1"), "latency_b64_ms": p50.get("64"),
@@ -111,21 +114,35 @@ def _svg_plot(rows: list[dict[str, Any]], x_key: str, x_label: str, title: str) 
 _COLUMNS = [
     ("entry", "entry_id", "text"), ("model", "model", "text"), ("status", "state", "text"),
     ("accuracy (re-evaluated)", "accuracy", "num"), ("accuracy (reported)", "accuracy_reported", "num"),
+    ("F-score (re-evaluated)", "f1", "num"), ("F-score (reported)", "f1_reported", "num"),
     ("MACs (re-counted)", "macs", "num"), ("controller MACs", "macs_controller", "num"),
     ("CPU b1 (ms)", "latency_b1_ms", "num"), ("CPU b64 (ms)", "latency_b64_ms", "num"),
     ("realization b1", "realization_b1", "num"), ("realization b64", "realization_b64", "num"),
 ]  # fmt: skip
 
 
+def _score(row: dict[str, Any]) -> float:
+    """Sort key, best first: the protocol's metric (F-score on a binary task, else accuracy)."""
+    return -(row["f1"] if row["f1"] is not None else row["accuracy"])
+
+
+def _columns(group: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The table's columns: F-score ones only for a binary protocol (scored by F-score)."""
+    binary = any(r["f1"] is not None for r in group)
+    return [c for c in _COLUMNS if binary or c[1] not in ("f1", "f1_reported")]
+
+
 def _cell(row: dict[str, Any], key: str) -> str:
     value = row[key]
+    if value is None:
+        return "–"
     if key == "entry_id":
         link = row.get("paper_url") or row.get("code_url")
         name = html.escape(value)
         return f'<a href="{html.escape(link)}">{name}</a>' if link else name
     if key in ("macs", "macs_controller"):
         return _macs(value)
-    if key in ("accuracy", "accuracy_reported"):
+    if key in ("accuracy", "accuracy_reported", "f1", "f1_reported"):
         return _num(value)
     if isinstance(value, float):
         return _num(value, 3)
@@ -179,17 +196,18 @@ def _html(rows: list[dict[str, Any]], generated: str) -> str:
            f'{sum(r["state"] == "admitted" for r in rows)} admitted, {sum(r["state"] == "marked" for r in rows)} marked, '
            f"{len(rejected)} rejected. Generated {html.escape(generated)}.</p>"]  # fmt: skip
     for protocol in sorted(by_protocol):
-        group = sorted(by_protocol[protocol], key=lambda r: -r["accuracy"])
+        group = sorted(by_protocol[protocol], key=_score)
         out.append(f'<h2 id="{html.escape(protocol)}">Protocol <code>{html.escape(protocol)}</code></h2>')
         fast = any(r["fast"] for r in group)
         if fast:
             out.append('<p class="note">Some entries were evaluated with <code>--fast</code> (a hashed 500-image subset).</p>')
+        columns = _columns(group)
         out.append(f'<table class="sortable" data-protocol="{html.escape(protocol)}"><thead><tr>')
-        out += [f'<th data-key="{key}" data-type="{kind}">{html.escape(label)}</th>' for label, key, kind in _COLUMNS]
+        out += [f'<th data-key="{key}" data-type="{kind}">{html.escape(label)}</th>' for label, key, kind in columns]
         out.append("</tr></thead><tbody>")
         for row in group:
             cells = "".join(f'<td data-value="{html.escape(str("" if row[key] is None else row[key]))}">{_cell(row, key)}</td>'
-                            for _, key, _ in _COLUMNS)  # fmt: skip
+                            for _, key, _ in columns)  # fmt: skip
             out.append(f'<tr class="{row["state"]}" data-entry="{html.escape(row["entry_id"])}">{cells}</tr>')
         out.append("</tbody></table>")
         out.append('<div class="plots">')
@@ -210,6 +228,16 @@ def _html(rows: list[dict[str, Any]], generated: str) -> str:
     return "\n".join(out)
 
 
+def _markdown_cell(row: dict[str, Any], key: str) -> str:
+    if key == "entry_id":
+        return row["entry_id"]
+    if key == "state":
+        return row["state"] + (" (fast)" if row["fast"] else "")
+    if key in ("latency_b1_ms", "latency_b64_ms"):
+        return _num(row[key], 3)
+    return html.unescape(_cell(row, key))
+
+
 def _markdown(rows: list[dict[str, Any]], generated: str) -> str:
     lines = ["# dynbench leaderboard", "",
              "Numbers produced by `dynbench leaderboard evaluate` from each entry's verified weights; the "
@@ -217,14 +245,13 @@ def _markdown(rows: list[dict[str, Any]], generated: str) -> str:
              f"plots is `index.html`. Generated {generated}.", ""]  # fmt: skip
     shown = [r for r in rows if r["state"] in SHOWN]
     for protocol in sorted({r["protocol"] for r in shown}):
-        lines += [f"## Protocol `{protocol}`", "",
-                  "| entry | model | status | accuracy (re-evaluated) | accuracy (reported) | MACs | controller MACs | CPU b1 (ms) | CPU b64 (ms) | realization b1 | realization b64 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for r in sorted((r for r in shown if r["protocol"] == protocol), key=lambda r: -r["accuracy"]):
-            lines.append(f"| {r['entry_id']} | {r['model']} | {r['state']}{' (fast)' if r['fast'] else ''} | {_num(r['accuracy'])} | "
-                         f"{_num(r['accuracy_reported'])} | {_macs(r['macs'])} | {_macs(r['macs_controller'])} | "
-                         f"{_num(r['latency_b1_ms'], 3)} | {_num(r['latency_b64_ms'], 3)} | {_num(r['realization_b1'])} | "
-                         f"{_num(r['realization_b64'])} |")  # fmt: skip
+        group = sorted((r for r in shown if r["protocol"] == protocol), key=_score)
+        columns = _columns(group)
+        lines += [f"## Protocol `{protocol}`", "", "| " + " | ".join(label for label, _, _ in columns) + " |",
+                  "|" + "---|" * len(columns)]  # fmt: skip
+        for r in group:
+            cells = [_markdown_cell(r, key) for _, key, _ in columns]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     rejected = [r for r in rows if r["state"] == "rejected"]
     lines += ["## Rejected entries", ""]

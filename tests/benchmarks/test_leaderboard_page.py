@@ -131,3 +131,12 @@ def test_the_page_in_a_real_browser_sorts_and_plots(page, tmp_path):
     shot = tmp_path / "page.png"
     _chromium(f"--screenshot={shot}", "--window-size=1280,1000", page.as_uri())
     assert shot.stat().st_size > 10_000
+
+
+def test_the_render_command_writes_the_page(page, tmp_path):
+    from benchmarks.cli import main
+
+    out = tmp_path / "published"
+    main(["leaderboard", "render", "--entries", str(page.parent / "entries"), "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "index.md", "leaderboard.json"]
+    assert (out / "index.md").read_text().count("| dynamic-mid |") == 1
