@@ -4,8 +4,8 @@ A fixed batch of real test images at CIFAR resolution (Fashion-MNIST padded to 3
 the data is installed, else digits padded to 32×32; 64 images, and batch 1), CPU, one thread,
 eval mode under no_grad; the plain and traced calls are interleaved so that machine noise hits both alike,
 and the ratio of medians is reported (target <= 1.10 at evaluation batch sizes). The traced
-call includes reading the per-sample tensors. Models: the static `cifar_resnet56` (only the
-module-hook counter works) and the ResNet-56-sized toy L-Net (block skipping through sample
+call includes reading the per-sample tensors; the trace counts with its default (`functions`)
+counter. Models: the static `cifar_resnet56` and the ResNet-56-sized toy L-Net (block skipping through sample
 routing, sparse engine). Run with `tox -e bench` (or `pytest -m benchmark --benchmark-only`).
 """
 
