@@ -216,33 +216,26 @@ def _split_images(record: Record, split: str, fast: bool, data_root: Any) -> tup
     return dataset, info
 
 
-@torch.no_grad()
 def _run_split(model: nn.Module, dataset: Any, batch_size: int = 250) -> dict[str, Any]:
     """Accuracy (masked engine: the accuracy run), the sparse engine's predictions beside it,
-    and the per-sample costs of the sparse run."""
-    from benchmarks.engine.batches import eval_batches
+    and the per-sample costs of the sparse run, all counted by `benchmarks.cost`."""
+    from benchmarks.cost import measure_cost
     from benchmarks.engine.method import Tally
     from benchmarks.routing import is_dynamic
 
     dynamic = is_dynamic(model)
-    tally, macs, theoretical, controller = Tally(), [], [], []
-    disagreements = 0
-    for images, targets in eval_batches(dataset, batch_size):
-        accuracy_run = _observe(model, images, "masked" if dynamic else None)
-        tally.update(accuracy_run["pred"], targets)
-        sparse = _observe(model, images, "sparse") if dynamic else accuracy_run
-        disagreements += int((sparse["pred"] != accuracy_run["pred"]).sum())
-        macs.append(sparse["macs"])
-        theoretical.append(sparse["theoretical"])
-        controller.append(sparse["controller"])
-    executed = torch.cat(macs).double()
+    sparse = measure_cost(model, dataset, engine="sparse" if dynamic else None, batch_size=batch_size)
+    accuracy_run = measure_cost(model, dataset, engine="masked", batch_size=batch_size) if dynamic else sparse
+    predictions = accuracy_run.per_sample["prediction"]
+    tally = Tally()
+    tally.update(torch.tensor(predictions.to_numpy()), torch.tensor(accuracy_run.per_sample["target"].to_numpy()))
+    executed = sparse.summary["macs_executed"]
     return {
         "accuracy": tally.accuracy(), "f1": tally.f1(), "images": tally.total,
-        "engine_disagreements": disagreements,
-        "macs_mean": float(executed.mean()), "macs_p50": float(executed.quantile(0.5)),
-        "macs_p90": float(executed.quantile(0.9)), "macs_p99": float(executed.quantile(0.99)),
-        "macs_theoretical_mean": float(torch.cat(theoretical).double().mean()),
-        "macs_controller_mean": float(torch.cat(controller).double().mean()),
+        "engine_disagreements": int((sparse.per_sample["prediction"] != predictions).sum()),
+        "macs_mean": executed["mean"], "macs_p50": executed["p50"], "macs_p90": executed["p90"],
+        "macs_p99": executed["p99"], "macs_theoretical_mean": sparse.summary["macs_theoretical"]["mean"],
+        "macs_controller_mean": sparse.summary["macs_controller"]["mean"],
     }  # fmt: skip
 
 
