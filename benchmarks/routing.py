@@ -49,6 +49,7 @@ __all__ = [
     "active_trace",
     "decide_argmax",
     "decide_threshold",
+    "decide_topk",
     "is_dynamic",
     "mark_controller",
     "name_units",
@@ -753,6 +754,29 @@ def decide_argmax(values: torch.Tensor, *, unit: str, where: torch.Tensor | None
             margin = torch.where(where, margin, torch.full_like(margin, math.inf))
         tr._margin(unit, margin)
     return action
+
+
+def decide_topk(scores: torch.Tensor, k: int, *, unit: str) -> torch.Tensor:
+    """The k largest entries of each row of `scores` (N, C), as a boolean (N, C) mask with
+    exactly k true entries per row (winner-take-all, e.g. FBS's channel choice). Inside a trace
+    the gap between the k-th and the (k+1)-th score is recorded as the decision's margin (see
+    `decide_threshold`); a tie is a zero margin."""
+    if scores.dim() != 2:
+        raise ValueError(f"decide_topk(unit='{unit}'): scores must be (N, C), got shape {tuple(scores.shape)}")
+    channels = scores.shape[1]
+    if not 1 <= k <= channels:
+        raise ValueError(f"decide_topk(unit='{unit}'): k must be in [1, {channels}], got {k}")
+    top = scores.detach().topk(min(k + 1, channels), dim=1)
+    keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    keep.scatter_(1, top.indices[:, :k], True)
+    tr = _ACTIVE
+    if tr is not None and scores.shape[0]:
+        if k < channels:
+            margin = top.values[:, k - 1] - top.values[:, k]
+        else:
+            margin = torch.full((scores.shape[0],), math.inf, device=scores.device)
+        tr._margin(unit, margin)
+    return keep
 
 
 def _rows_view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -108,6 +108,18 @@ def run_lock(folder: str | os.PathLike, log: Callable[[str], None] | None = None
 COMPLETION_FILES = ("config.yaml", "metrics.csv", "metrics.json", "results.csv", "checkpoints/best.safetensors", "checkpoints/best.json")
 
 
+#: train keys that say where data live, not what is computed: left out of a run's identity, so
+#: that adding one (data_on_device came after many runs) does not orphan the runs made before
+PLACEMENT_KEYS = ("data_on_device",)
+
+
+def _numbers_only(run_cfg: dict[str, Any]) -> dict[str, Any]:
+    train = run_cfg.get("train")
+    if not isinstance(train, dict) or not any(k in train for k in PLACEMENT_KEYS):
+        return run_cfg
+    return {**run_cfg, "train": {k: v for k, v in train.items() if k not in PLACEMENT_KEYS}}
+
+
 @dataclass(frozen=True)
 class RunFolder:
     path: Path
@@ -119,7 +131,7 @@ class RunFolder:
         if "seed" not in run_cfg:
             raise ValueError("RunFolder.for_config needs a single-seed config (see single_seed_config)")
         root = Path(root) if root is not None else DEFAULT_RUNS_ROOT
-        identity = config_hash({**run_cfg, "execution": execution_identity(device)})
+        identity = config_hash({**_numbers_only(run_cfg), "execution": execution_identity(device)})
         name = f"{run_cfg['name']}-s{run_cfg['seed']}-{identity[:12]}"
         return cls(root / name)
 

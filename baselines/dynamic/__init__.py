@@ -1,4 +1,5 @@
 """Dynamic baselines on the execution contract (`benchmarks.routing`). Importing this package
-registers their models and training methods: early exit (BranchyNet / SDN)."""
+registers their models and training methods: early exit (BranchyNet / SDN), SkipNet, BlockDrop,
+ConvNet-AIG and FBS."""
 
-from baselines.dynamic import early_exit, methods  # noqa: F401
+from baselines.dynamic import blockdrop, convnet_aig, early_exit, fbs, methods, skipnet  # noqa: F401

@@ -37,8 +37,10 @@ __all__ = [
     "ZeroPadShortcut",
     "cifar_resnet20",
     "cifar_resnet32",
+    "cifar_resnet38",
     "cifar_resnet44",
     "cifar_resnet56",
+    "cifar_resnet74",
     "cifar_resnet110",
 ]
 
@@ -207,6 +209,11 @@ def cifar_resnet32(num_classes: int = 10, in_chans: int = 3, **kwargs) -> CifarR
     return _cifar_resnet(32, "A", num_classes, in_chans, **kwargs)
 
 
+@register_model("cifar_resnet38", paper=PAPER, variant=f"ResNet-38, {_A} (SkipNet's depth)", paper_url=PAPER_URL, datasets=DATASETS)
+def cifar_resnet38(num_classes: int = 10, in_chans: int = 3, **kwargs) -> CifarResNet:
+    return _cifar_resnet(38, "A", num_classes, in_chans, **kwargs)
+
+
 @register_model("cifar_resnet44", paper=PAPER, variant=f"ResNet-44, {_A}", paper_url=PAPER_URL, datasets=DATASETS)
 def cifar_resnet44(num_classes: int = 10, in_chans: int = 3, **kwargs) -> CifarResNet:
     return _cifar_resnet(44, "A", num_classes, in_chans, **kwargs)
@@ -215,6 +222,11 @@ def cifar_resnet44(num_classes: int = 10, in_chans: int = 3, **kwargs) -> CifarR
 @register_model("cifar_resnet56", paper=PAPER, variant=f"ResNet-56, {_A}", paper_url=PAPER_URL, datasets=DATASETS)
 def cifar_resnet56(num_classes: int = 10, in_chans: int = 3, **kwargs) -> CifarResNet:
     return _cifar_resnet(56, "A", num_classes, in_chans, **kwargs)
+
+
+@register_model("cifar_resnet74", paper=PAPER, variant=f"ResNet-74, {_A} (SkipNet's depth)", paper_url=PAPER_URL, datasets=DATASETS)
+def cifar_resnet74(num_classes: int = 10, in_chans: int = 3, **kwargs) -> CifarResNet:
+    return _cifar_resnet(74, "A", num_classes, in_chans, **kwargs)
 
 
 @register_model("cifar_resnet110", paper=PAPER, variant=f"ResNet-110, {_A}", paper_url=PAPER_URL, datasets=DATASETS)

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from benchmarks.backbones import BackboneKeys, shortcut_of, split_resnet
 from benchmarks.registry import create_model, register_model
 from benchmarks.routing import DynamicModule, GatedConv2d, decide_threshold, mark_controller
 
@@ -314,20 +315,6 @@ class LCNetBlock(DynamicModule):
 # --------------------------------------------------------------------------------------------
 
 
-def _split_backbone(backbone: nn.Module) -> tuple[nn.Module, list[list[nn.Module]], nn.Module, nn.Linear, str]:
-    """(stem, blocks per stage, pool, classifier, family) of a supported ResNet."""
-    if hasattr(backbone, "stem") and hasattr(backbone, "stages") and hasattr(backbone, "fc"):
-        return backbone.stem, [list(stage) for stage in backbone.stages], backbone.pool, backbone.fc, "cifar"
-    if all(hasattr(backbone, a) for a in ("conv1", "bn1", "maxpool", "layer1", "layer4", "fc")):
-        stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool)
-        stages = [list(getattr(backbone, f"layer{i}")) for i in range(1, 5)]
-        return stem, stages, backbone.avgpool, backbone.fc, "torchvision"
-    raise TypeError(
-        f"LC-Net wraps the CIFAR ResNets of baselines.static or torchvision ResNets, got a "
-        f"{type(backbone).__name__}"
-    )
-
-
 def _gated_block(block: nn.Module, family: str, mode: str, **head_kwargs: Any) -> LCNetBlock:
     if hasattr(block, "conv3"):  # torchvision Bottleneck
         convs = [
@@ -337,11 +324,8 @@ def _gated_block(block: nn.Module, family: str, mode: str, **head_kwargs: Any) -
         ]
     else:
         convs = [GatedConv2d(block.conv1, block.bn1, nn.ReLU()), GatedConv2d(block.conv2, block.bn2)]
-    if family == "cifar":
-        shortcut, downsample = block.shortcut, bool(block.downsample)
-    else:
-        shortcut = block.downsample if block.downsample is not None else nn.Identity()
-        downsample = block.downsample is not None
+    shortcut = shortcut_of(block)
+    downsample = bool(block.downsample) if family == "cifar" else block.downsample is not None
     return LCNetBlock(convs, shortcut, downsample, mode, **head_kwargs)
 
 
@@ -366,8 +350,8 @@ class LCNet(DynamicModule):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"LC-Net mode must be one of {', '.join(MODES)}, got {mode!r}")
-        backbone_keys = {id(t): k for k, t in backbone.state_dict(keep_vars=True).items()}
-        stem, stages, pool, fc, family = _split_backbone(backbone)
+        backbone_keys = BackboneKeys.of(backbone)
+        stem, stages, pool, fc, family = split_resnet(backbone, who="LC-Net")
         self.mode, self.family = mode, family
         self.stem = stem
         kwargs = {"hidden": hidden, "tau_l": tau_l, "tau_c": tau_c, "gate_init": gate_init}
@@ -377,9 +361,7 @@ class LCNet(DynamicModule):
         self.pool = pool
         self.fc = fc
         # my state_dict key -> the backbone's, matched by tensor identity (the modules moved)
-        self._backbone_keys = {
-            k: backbone_keys[id(t)] for k, t in self.state_dict(keep_vars=True).items() if id(t) in backbone_keys
-        }
+        self._backbone_keys = BackboneKeys(backbone_keys, self)
         self._input_hw: tuple[int, int] | None = None
 
     @property
@@ -409,25 +391,11 @@ class LCNet(DynamicModule):
     # --- backbone weights ----------------------------------------------------------------------
     def load_backbone_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a static backbone's state_dict (keys as in the backbone model)."""
-        expected = set(self._backbone_keys.values())
-        missing = sorted(expected - set(state))
-        unexpected = sorted(set(state) - expected)
-        if missing or unexpected:
-            raise KeyError(f"backbone state does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        own = self.state_dict()
-        with torch.no_grad():
-            for mine, theirs in self._backbone_keys.items():
-                if own[mine].shape != state[theirs].shape:
-                    raise KeyError(
-                        f"backbone tensor '{theirs}' has shape {tuple(state[theirs].shape)}, "
-                        f"expected {tuple(own[mine].shape)}"
-                    )
-                own[mine].copy_(state[theirs])
+        self._backbone_keys.load(self, state)
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """The backbone weights under the backbone's own keys."""
-        own = self.state_dict()
-        return {theirs: own[mine] for mine, theirs in self._backbone_keys.items()}
+        return self._backbone_keys.export(self)
 
     # --- cost -------------------------------------------------------------------------------
     def _fixed_macs(self, hw: tuple[int, int]) -> tuple[int, list[tuple[int, int]]]:
