@@ -5,13 +5,15 @@ so a newly registered dynamic model is covered here without a line of test code.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 from benchmarks.goldens import inference
 from benchmarks.registry import get_model_spec
 from benchmarks.routing import is_dynamic, set_engine, trace
-from tests.test_goldens import CASES_FILE, PARAMETER_FREE_CONTROLLERS
+from tests.test_goldens import CASES_FILE, FIXED_COST_MODELS, PARAMETER_FREE_CONTROLLERS
 
 DYNAMIC_CASES = [c for c in inference.load_cases(CASES_FILE) if get_model_spec(c.model).kind == "dynamic"]
 
@@ -40,11 +42,20 @@ def test_both_engines_give_the_same_predictions_and_decisions(instance):
     torch.testing.assert_close(masked, sparse, rtol=1e-4, atol=1e-4)
 
 
-def test_the_sparse_engine_executes_what_it_claims_and_routes(instance):
+def test_the_sparse_engine_executes_what_it_claims_and_routes(instance, monkeypatch):
     case, model, images = instance
+    chosen: list[torch.Tensor] = []
+    module = sys.modules[type(model).__module__]
+    if case.model in FIXED_COST_MODELS:  # record which channels each winner-take-all keeps
+        real = module.decide_topk
+        monkeypatch.setattr(module, "decide_topk", lambda s, k, unit: chosen.append(real(s, k, unit=unit)) or chosen[-1])
     _, t = _run(model, images, "sparse")
     assert torch.equal(t.macs_executed, t.macs_theoretical), f"{case.name}: simulated savings"
-    assert len(set(t.macs_executed.tolist())) > 1, f"{case.name}: every sample took the same path"
+    if case.model in FIXED_COST_MODELS:
+        sets = {tuple(torch.cat([c[i] for c in chosen]).tolist()) for i in range(len(images))}
+        assert len(sets) > 1, f"{case.name}: every sample kept the same channels"
+    else:
+        assert len(set(t.macs_executed.tolist())) > 1, f"{case.name}: every sample took the same path"
 
 
 def test_controllers_are_counted(instance):

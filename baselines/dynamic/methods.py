@@ -225,9 +225,8 @@ def routed_metrics(net: nn.Module, batches, metric: str) -> dict[str, float]:
     executes exactly), macs_ratio (over the static backbone's MACs) and, for block-skipping
     models, exec_rate (mean fraction of blocks run). Runs in the masked engine: every row's
     decisions in one pass, the per-pattern grouping of the sparse engine avoided."""
-    from benchmarks.routing import set_engine
-
     from baselines.dynamic.block_skipping import static_backbone_macs
+    from benchmarks.routing import set_engine
 
     engine = getattr(net, "engine", "sparse")
     set_engine(net, "masked")
