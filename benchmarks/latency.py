@@ -71,6 +71,9 @@ DEFAULT_SAMPLE_COUNT = 256
 DEFAULT_SAMPLE_SEED = 0
 #: engine label of models without routing primitives (static and pruned models)
 STATIC_ENGINE = "none"
+#: the sparse engine with each gated convolution's fastest real execution per batch
+#: (`benchmarks.routing.set_execution(model, "fastest")`); timed only when asked for
+FASTEST_ENGINE = "sparse:fastest"
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -652,11 +655,12 @@ def is_dynamic(model: nn.Module) -> bool:
 
 
 def model_engines(model: nn.Module, engines: Sequence[str] | None = None) -> tuple[str, ...]:
-    """Engines to time: both (or those asked for) for dynamic models, 'none' for static ones."""
+    """Engines to time: both (or those asked for, `sparse:fastest` included) for dynamic
+    models, 'none' for static ones."""
     if not is_dynamic(model):
         return (STATIC_ENGINE,)
-    known = tuple(_routing.ENGINES)
-    chosen = tuple(engines) if engines else known
+    known = (*_routing.ENGINES, FASTEST_ENGINE)
+    chosen = tuple(engines) if engines else tuple(_routing.ENGINES)
     for engine in chosen:
         if engine not in known:
             raise ConfigError(f"unknown engine '{engine}'; expected one of {', '.join(known)}")
@@ -682,7 +686,8 @@ def prepare_model(model: nn.Module, engine: str, config: LatencyConfig) -> Calla
     device = torch.device(config.device)
     model.eval()
     if engine != STATIC_ENGINE:
-        _routing.set_engine(model, engine)
+        _routing.set_engine(model, "sparse" if engine == FASTEST_ENGINE else engine)
+        _routing.set_execution(model, "fastest" if engine == FASTEST_ENGINE else "exact")
     model.to(device=device, dtype=DTYPES[config.dtype])
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -728,9 +733,12 @@ def measure_model(
             compile_mode=config.compile_mode,
             threads=threads,
         )
+        timed_engines = model_engines(model, engines)
+        if FASTEST_ENGINE in timed_engines:  # the per-layer choice's cost model, measured here
+            env["execution_costs"] = _routing.calibrate_executions(device).as_dict()
         env_hash = environment_hash(env)
         events = device.type == "cuda" and synchronize is None
-        for engine in model_engines(model, engines):
+        for engine in timed_engines:
             runnable = prepare_model(model, engine, config)
             for batch_size in config.batch_sizes:
                 batches = round_robin_batches(inputs, int(batch_size))
@@ -883,10 +891,15 @@ def mean_executed_macs(
     """Mean executed MACs per sample (controller included) over the latency sample set.
 
     Counted by `benchmarks.cost` on the very images that are timed, in `engine` (for a
-    dynamic model); the masked engine's executed MACs are its full cost.
+    dynamic model); the masked engine's executed MACs are its full cost. `sparse:fastest`
+    is counted as `sparse`: its realization ratio divides its speed-up by the method's MACs
+    reduction (the per-layer choice may compute more than that, to be faster; its traces
+    record what it ran).
     """
     from benchmarks.cost import measure_cost
 
+    if engine == FASTEST_ENGINE:
+        engine = "sparse"
     result = measure_cost(
         model, samples.images, engine=None if engine == STATIC_ENGINE else engine, batch_size=64
     )

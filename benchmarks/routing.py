@@ -24,6 +24,7 @@ layer (see `benchmarks.cost`); outside a trace the primitives do no bookkeeping 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -40,13 +41,16 @@ __all__ = [
     "COUNTERS",
     "DEFAULT_ENGINE",
     "ENGINES",
+    "EXECUTIONS",
     "IDENTITY",
+    "ExecutionCosts",
     "Controller",
     "DynamicModule",
     "GatedConv2d",
     "SampleRouter",
     "Trace",
     "active_trace",
+    "calibrate_executions",
     "decide_argmax",
     "decide_threshold",
     "decide_topk",
@@ -55,6 +59,8 @@ __all__ = [
     "name_units",
     "route",
     "set_engine",
+    "set_execution",
+    "set_execution_costs",
     "trace",
 ]
 
@@ -157,6 +163,7 @@ class Trace:
         self._records: list[tuple[Any, Any, Any, Any]] = []  # (key, rows, theo, values)
         self._units: dict[str, None] = {}  # routing units, in order of first appearance
         self._gated: dict[str, None] = {}  # channel-gated units
+        self._executions: dict[str, dict[str, int]] = {}  # gated unit -> execution -> calls
         self._margins: list[tuple[str, Any, Any, torch.Tensor]] = []  # (unit, rows, theo, margin)
         self._by_kind: dict[str, int] = {}
         self._by_kind_rows: list[tuple[str, torch.Tensor]] = []
@@ -387,6 +394,17 @@ class Trace:
     def units_executed(self) -> dict[str, torch.Tensor]:
         """Routing unit -> number of times it ran, per sample (usually 0 or 1)."""
         return self._table("unit")
+
+    @property
+    def executions(self) -> dict[str, dict[str, int]]:
+        """Channel-gated unit -> how its calls executed: `sliced` (batch 1), `grouped` (one
+        sliced convolution per channel pattern), `union` (the batch's union of kept channels,
+        then masked per sample), `dense` (every channel, then masked) -> number of calls."""
+        return {unit: dict(counts) for unit, counts in self._executions.items()}
+
+    def _execution(self, name: str, execution: str) -> None:
+        counts = self._executions.setdefault(name, {})
+        counts[execution] = counts.get(execution, 0) + 1
 
     @property
     def channels_kept(self) -> dict[str, torch.Tensor]:
@@ -1013,6 +1031,100 @@ class SampleRouter(DynamicModule):
 # --------------------------------------------------------------------------------------------
 
 
+#: how GatedConv2d computes a batch (> 1 row) in the sparse engine: `grouped` (one sliced
+#: convolution per distinct channel pattern: exactly the kept channels), `union` (one sliced
+#: convolution over the batch's union of kept channels, each row then masked to its own),
+#: `dense` (every channel, then masked). The executed MACs a trace records are always those
+#: of the execution that ran.
+EXECUTIONS = ("grouped", "union", "dense")
+#: a model's choice: `exact` (always grouped: executed = theoretical MACs, the default, what
+#: cost reports use) or `fastest` (per layer and batch, the execution the device's cost model
+#: predicts to be fastest; latency runs report it as the engine `sparse:fastest`)
+EXECUTION_MODES = ("exact", "fastest")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionCosts:
+    """A device's cost model for choosing a gated convolution's execution: the fixed cost of
+    one sliced convolution call (slicing, launch, gather/scatter) and the time per MAC."""
+
+    call_s: float
+    mac_s: float
+    source: str = "default"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Measured on a 2-core AMD EPYC (AVX-512, one thread, torch 2.x) with `calibrate_executions`;
+# `dynbench latency` recalibrates on the machine it times and records the result.
+_EXECUTION_COSTS: dict[str, ExecutionCosts] = {
+    "cpu": ExecutionCosts(call_s=8e-5, mac_s=2e-11, source="default (2-core AMD EPYC, 1 thread)"),
+    "cuda": ExecutionCosts(call_s=6e-5, mac_s=2e-14, source="default (a guess; calibrate on the GPU)"),
+}
+
+
+def execution_costs(device_type: str) -> ExecutionCosts:
+    """The cost model used for `device_type` (cpu, cuda, ...)."""
+    return _EXECUTION_COSTS.get(device_type, _EXECUTION_COSTS["cpu"])
+
+
+def set_execution_costs(device_type: str, costs: ExecutionCosts) -> None:
+    _EXECUTION_COSTS[device_type] = costs
+
+
+@torch.no_grad()
+def calibrate_executions(device: str | torch.device = "cpu", *, repeats: int = 9) -> ExecutionCosts:
+    """Measure the cost model on `device` (about a second): a dense 3×3 convolution gives the
+    time per MAC; a grouped GatedConv2d call with eight channel patterns, less its MACs, gives
+    the cost of one pattern's sliced call (weight and BatchNorm slicing, row gather, scatter).
+    Installs the result for the device type and returns it."""
+    import time
+
+    dev = torch.device(device)
+
+    def median_time(fn: Callable[[], Any]) -> float:
+        times = []
+        for i in range(repeats + 3):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if i >= 3:  # warm-up: kernel selection, allocator
+                times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2]
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 64, 16, 16, generator=g).to(dev)
+    w = torch.randn(64, 64, 3, 3, generator=g).to(dev)
+    mac_s = median_time(lambda: F.conv2d(x, w, None, 1, 1)) / (16 * 64 * 64 * 9 * 16 * 16)
+    layer = GatedConv2d(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()).eval().to(dev)
+    layer.set_engine("sparse")
+    small = torch.randn(16, 16, 8, 8, generator=g).to(dev)
+    patterns = torch.rand(8, 16, generator=g) > 0.5
+    patterns[:, 0] = True
+    gate = patterns.repeat(2, 1).to(dev)  # 8 distinct patterns, 2 rows each
+    grouped = median_time(lambda: layer(small, gate))
+    macs = float(gate.sum()) * 16 * 9 * 8 * 8
+    call_s = max((grouped - macs * mac_s) / 8, 1e-7)
+    costs = ExecutionCosts(call_s=call_s, mac_s=mac_s, source=f"calibrated on {dev.type}")
+    set_execution_costs(dev.type, costs)
+    return costs
+
+
+def set_execution(model: nn.Module, mode: str) -> nn.Module:
+    """Set how every GatedConv2d in `model` executes a batch in the sparse engine: `exact`
+    (grouped by pattern) or `fastest` (see EXECUTIONS). Returns `model`."""
+    if mode not in EXECUTION_MODES:
+        raise UnknownNameError("execution mode", str(mode), EXECUTION_MODES)
+    for module in model.modules():
+        if isinstance(module, GatedConv2d):
+            module.execution = mode
+    return model
+
+
 def _channel_decision(
     mask: torch.Tensor | None, n: int, channels: int, what: str, unit: str
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -1080,6 +1192,8 @@ class GatedConv2d(DynamicModule):
         self.act = act
         self.unit = unit
         self.depthwise = depthwise
+        #: `exact` or `fastest` (see EXECUTION_MODES; `set_execution`)
+        self.execution = "exact"
 
     @property
     def out_channels(self) -> int:
@@ -1102,10 +1216,25 @@ class GatedConv2d(DynamicModule):
         if tr is not None and tr._device is None:
             tr._see(x)
         if self.engine == "sparse" and (out_keep is not None or in_keep is not None):
+            self._check_eval(unit)
+            execution = "grouped"
+            if self.execution == "fastest" and n > 1 and not self.depthwise:
+                execution = self._choose(x, out_keep, in_keep)
+            if execution == "grouped":
+                with _Suppressed(tr):
+                    y, groups, inverse = self._sparse(x, out_keep, gate_f, in_keep, unit)
+                if tr is not None:
+                    self._record_groups(tr, y, groups, inverse, out_keep is not None, unit)
+                    tr._execution(unit, "sliced" if n == 1 else "grouped")
+                return y
             with _Suppressed(tr):
-                y, groups, inverse = self._sparse(x, out_keep, gate_f, in_keep, unit)
+                if execution == "dense":
+                    y, n_out, n_in = self._dense(x, out_keep, gate_f, in_keep), None, None
+                else:
+                    y, n_out, n_in = self._union(x, out_keep, gate_f, in_keep)
             if tr is not None:
-                self._record_groups(tr, y, groups, inverse, out_keep is not None, unit)
+                self._record_rows(tr, y, out_keep, in_keep, n_out, n_in, unit)
+                tr._execution(unit, execution)
             return y
         with _Suppressed(tr):
             y = self._dense(x, out_keep, gate_f, in_keep)
@@ -1129,19 +1258,87 @@ class GatedConv2d(DynamicModule):
             return y * out_keep[:, :, None, None].to(y.dtype)
         return y
 
+    def _check_eval(self, unit: str) -> None:
+        norm = self.norm
+        if norm is not None and (self.training or norm.running_mean is None):
+            raise RuntimeError(
+                f"GatedConv2d '{unit}': the sparse engine folds BatchNorm running statistics "
+                "into the sliced convolution, so it runs in eval mode with tracked statistics "
+                "only; use set_engine(model, 'masked') for training"
+            )
+
+    def _choose(self, x: torch.Tensor, out_keep: Any, in_keep: Any) -> str:
+        """The execution the device's cost model predicts to be fastest for this batch."""
+        n = x.shape[0]
+        cout, cin = self.conv.out_channels, self.conv.in_channels
+        hw = self._out_hw(x)
+        pp = hw[0] * hw[1] * math.prod(self.conv.kernel_size)
+        cost = execution_costs(x.device.type)
+        ro = out_keep.sum(1) if out_keep is not None else None
+        ri = in_keep.sum(1) if in_keep is not None else None
+        per_row = (cout if ro is None else ro) * (cin if ri is None else ri)
+        exact_macs = float(per_row.sum()) if isinstance(per_row, torch.Tensor) else float(per_row * n)
+        masks = [m for m in (in_keep, out_keep) if m is not None]
+        key = masks[0] if len(masks) == 1 else torch.cat(masks, 1)
+        patterns = int(torch.unique(key, dim=0).shape[0])
+        uo = cout if out_keep is None else int(out_keep.any(0).sum())
+        ui = cin if in_keep is None else int(in_keep.any(0).sum())
+        # grouped: one sliced call per pattern (with its gather and scatter); union: one sliced
+        # call; dense: one plain call
+        t = {
+            "grouped": patterns * cost.call_s + exact_macs * pp * cost.mac_s,
+            "union": cost.call_s + n * uo * ui * pp * cost.mac_s,
+            "dense": 0.5 * cost.call_s + n * cout * cin * pp * cost.mac_s,
+        }
+        return min(EXECUTIONS, key=lambda e: t[e])  # ties: the more exact execution
+
+    def _union(
+        self, x: torch.Tensor, out_keep: Any, gate_f: Any, in_keep: Any
+    ) -> tuple[torch.Tensor, int, int]:
+        """One sliced convolution over the batch's union of kept channels; each row then keeps
+        its own channels (and scale). Returns the output and the union's (out, in) sizes."""
+        n = x.shape[0]
+        cout, cin = self.conv.out_channels, self.conv.in_channels
+        oi = None if out_keep is None else out_keep.any(0).nonzero().squeeze(1)
+        ii = None if in_keep is None else in_keep.any(0).nonzero().squeeze(1)
+        oi = None if oi is not None and oi.numel() == cout else oi
+        ii = None if ii is not None and ii.numel() == cin else ii
+        if in_keep is not None:  # a row's own dropped inputs read as zero, as in the masked engine
+            x = x * in_keep[:, :, None, None].to(x.dtype)
+        n_out = cout if oi is None else oi.numel()
+        n_in = cin if ii is None else ii.numel()
+        if n_out == 0:
+            return x.new_zeros((n, cout, *self._out_hw(x))), 0, n_in
+        y = self._sliced(x, oi, ii)
+        scale = gate_f if gate_f is not None else out_keep
+        if scale is not None:
+            scale = scale if oi is None else scale.index_select(1, oi)
+            y = y * scale[:, :, None, None].to(y.dtype)
+        if oi is None:
+            return y, n_out, n_in
+        return y.new_zeros((n, cout, *y.shape[2:])).index_copy_(1, oi, y), n_out, n_in
+
+    def _record_rows(
+        self, tr: Trace, y: torch.Tensor, out_keep: Any, in_keep: Any, n_out: int | None,
+        n_in: int | None, unit: str,
+    ) -> None:
+        """Trace a union or dense execution: every row paid the union's (or the full) MACs;
+        its theoretical MACs are its own kept channels'."""
+        pp = self._per_pair(y)
+        cout, cin = self.conv.out_channels, self.conv.in_channels
+        executed = (cout if n_out is None else n_out) * (cin if n_in is None else n_in) * pp
+        ro = cout if out_keep is None else out_keep.sum(1)
+        ri = cin if in_keep is None else in_keep.sum(1)
+        tr._per_row("conv", executed, ro * ri * pp)
+        if out_keep is not None:
+            tr._channels(unit, ro)
+
     def _sparse(
         self, x: torch.Tensor, out_keep: Any, gate_f: Any, in_keep: Any, unit: str
     ) -> tuple[torch.Tensor, list[tuple[int, int, int]], torch.Tensor | None]:
         """Compute kept channels only, one sliced convolution per group of samples sharing a
         channel pattern. Returns the output, (kept out, kept in, kept both) per group, and
         each row's group (None: a single group)."""
-        norm = self.norm
-        if norm is not None and (self.training or norm.running_mean is None):
-            raise RuntimeError(
-                f"GatedConv2d '{unit}': the sparse engine slices BatchNorm running statistics, "
-                "so it runs in eval mode with tracked statistics only; use "
-                "set_engine(model, 'masked') for training"
-            )
         n = x.shape[0]
         cin, cout = self.conv.in_channels, self.conv.out_channels
         masks = [m for m in (in_keep, out_keep) if m is not None]
@@ -1198,9 +1395,37 @@ class GatedConv2d(DynamicModule):
             out = x.new_zeros((n, cout, *self._out_hw(x)))
         return out, counts, inverse
 
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The convolution's weight and bias with the eval-mode BatchNorm folded in: one
+        sliced convolution with a bias replaces a convolution and four sliced statistics.
+        Cached until a weight or statistic changes (in place, by a load or an optimizer step:
+        the tensors' versions; or by a move: their addresses)."""
+        conv, norm = self.conv, self.norm
+        tensors = [conv.weight, conv.bias]
+        if norm is not None:
+            tensors += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
+        key = tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors)
+        cached = self.__dict__.get("_folded_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        with torch.no_grad():
+            weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
+            if norm is not None:
+                scale = (norm.running_var + norm.eps).rsqrt()
+                if norm.weight is not None:
+                    scale = scale * norm.weight
+                shift = -norm.running_mean * scale
+                if norm.bias is not None:
+                    shift = shift + norm.bias
+                if bias is not None:
+                    shift = shift + bias * scale
+                weight, bias = weight * scale[:, None, None, None], shift
+        self.__dict__["_folded_cache"] = (key, weight, bias)
+        return weight, bias
+
     def _sliced(self, x: torch.Tensor, oi: Any, ii: Any, zero_in: Any = None) -> torch.Tensor:
         conv = self.conv
-        weight, bias = conv.weight, conv.bias
+        weight, bias = self._folded()  # eval only: the sparse engine refuses training
         if oi is not None:
             weight = weight.index_select(0, oi)
             bias = None if bias is None else bias.index_select(0, oi)
@@ -1222,15 +1447,6 @@ class GatedConv2d(DynamicModule):
                 y = y + bias[None, :, None, None]
         else:
             y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, groups)
-        norm = self.norm
-        if norm is not None:
-            def pick(t: torch.Tensor | None) -> torch.Tensor | None:
-                return t if t is None or oi is None else t.index_select(0, oi)
-
-            y = F.batch_norm(
-                y, pick(norm.running_mean), pick(norm.running_var), pick(norm.weight),
-                pick(norm.bias), False, 0.0, norm.eps,
-            )
         if self.act is not None:
             y = self.act(y)
         return y

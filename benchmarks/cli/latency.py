@@ -65,8 +65,11 @@ def _build(model_name: str, weights: str | None):
 @click.option("--device", default="cpu", show_default=True, callback=check_device, help="cpu, cuda or cuda:N.")
 @click.option("--batch", "batch", default=",".join(map(str, DEFAULTS.batch_sizes)),
               show_default=True, help="Comma-separated batch sizes.")
-@click.option("--engine", "engines", multiple=True, type=click.Choice(["masked", "sparse"]),
-              help="Engine(s) of a dynamic model (repeatable; default: both).")
+@click.option("--engine", "engines", multiple=True, type=click.Choice(["masked", "sparse", "sparse:fastest"]),
+              help="Engine(s) of a dynamic model (repeatable; default: masked and sparse). "
+                   "sparse:fastest lets each gated convolution pick its fastest real execution "
+                   "per batch (grouped by pattern, union of kept channels, or dense; calibrated "
+                   "on this device and recorded in the environment record).")
 @click.option("--dataset", default=None,
               help="Dataset whose test split supplies the inputs (default: the model's first).")
 @click.option("--input-shape", default=None,
