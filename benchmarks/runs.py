@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -118,6 +119,16 @@ def _numbers_only(run_cfg: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(train, dict) or not any(k in train for k in PLACEMENT_KEYS):
         return run_cfg
     return {**run_cfg, "train": {k: v for k, v in train.items() if k not in PLACEMENT_KEYS}}
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -226,4 +237,6 @@ class RunFolder:
         return run_lock(self.path, log)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        atomic_write_json(self.metrics_file, metrics)
+        """metrics.json; a metric that is not a finite number (a diverged model's loss) is
+        written as null, which JSON can hold, rather than failing the run at its last step."""
+        atomic_write_json(self.metrics_file, _finite_or_null(metrics))

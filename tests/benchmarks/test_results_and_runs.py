@@ -99,3 +99,15 @@ def test_run_folder_is_named_by_config_hash_and_seed(tmp_path):
     again = RunFolder.for_config(single_seed_config(cfg, 0), tmp_path)
     assert a == again and a != b
     assert a.path.name.startswith("t-s0-") and len(a.path.name.split("-")[-1]) == 12
+
+
+def test_a_diverged_metric_is_written_as_null(tmp_path):
+    import json
+
+    from benchmarks.runs import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.write_metrics({"splits": {"val": {"loss": float("nan"), "accuracy": 10.0}}, "x": [float("inf")]})
+    doc = json.loads(folder.metrics_file.read_text())
+    assert doc == {"splits": {"val": {"loss": None, "accuracy": 10.0}}, "x": [None]}
