@@ -29,7 +29,7 @@ def test_the_recipes_are_there():
 def test_recipe_loads_and_its_method_accepts_it(path: Path, quick: bool):
     cfg = load_config(path, quick=quick)
     assert cfg["name"] == path.stem and cfg["suite"] == "baselines"
-    paper_dataset = "cifar10" if path.stem.startswith("cifar10_") else "fashion-mnist"
+    paper_dataset = path.stem.split("_")[0].replace("fmnist", "fashion-mnist")  # cifar10_..., imagenet_..., fmnist_...
     assert cfg["dataset"]["name"] == ("digits" if quick else paper_dataset)
     method = get_method(cfg["method"])(single_seed_config(cfg, 0))
     assert method.stages()
