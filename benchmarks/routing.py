@@ -586,31 +586,44 @@ class _Suppressed:
 # Controllers
 # --------------------------------------------------------------------------------------------
 
-_CONTROLLER_CALLS: list[Trace | None] = []
+_CONTROLLER_CLASSES: dict[type, type] = {}
 
 
-def _controller_enter(module: nn.Module, args: tuple) -> None:
-    tr = _ACTIVE
-    if tr is not None:
+def _controller_class(cls: type) -> type:
+    """`cls` with a forward that counts what it computes as controller MACs inside a trace.
+    Outside a trace it is one attribute read more than `cls.forward`: no module hooks, so
+    PyTorch keeps its fast call path (hooks on a module force the slow one on every call)."""
+    sub = _CONTROLLER_CLASSES.get(cls)
+    if sub is not None:
+        return sub
+    plain = cls.forward
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        tr = _ACTIVE
+        if tr is None:
+            return plain(self, *args, **kwargs)
         tr._ctrl_depth += 1
-    _CONTROLLER_CALLS.append(tr)
+        try:
+            return plain(self, *args, **kwargs)
+        finally:
+            tr._ctrl_depth -= 1
 
-
-def _controller_exit(module: nn.Module, args: tuple, output: Any) -> None:
-    tr = _CONTROLLER_CALLS.pop() if _CONTROLLER_CALLS else None
-    if tr is not None and tr._ctrl_depth:
-        tr._ctrl_depth -= 1
+    sub = type(f"Controller{cls.__name__}", (cls,), {
+        "forward": forward, "_dynbench_controller": True, "__module__": cls.__module__,
+        "__doc__": cls.__doc__,
+    })  # fmt: skip
+    _CONTROLLER_CLASSES[cls] = sub
+    return sub
 
 
 def mark_controller(module: nn.Module) -> nn.Module:
     """Mark `module` as a controller (gate network, Q-network, L-Net/C-Net head): everything it
     computes is reported as `macs_controller` (and included in executed MACs), whatever its
-    output feeds — a routing decision or a plain Python `if`. Returns `module`; its
-    state_dict keys are unchanged. Idempotent."""
+    output feeds — a routing decision or a plain Python `if`. Returns `module`; its class
+    becomes a subclass of its own whose `forward` does the accounting (as torch's
+    parametrizations do), so isinstance checks and state_dict keys are unchanged. Idempotent."""
     if not getattr(module, "_dynbench_controller", False):
-        module._dynbench_controller = True
-        module.register_forward_pre_hook(_controller_enter)
-        module.register_forward_hook(_controller_exit, always_call=True)
+        module.__class__ = _controller_class(type(module))
     return module
 
 
@@ -1257,6 +1270,21 @@ class GatedConv2d(DynamicModule):
     def _dense(
         self, x: torch.Tensor, out_keep: Any, gate_f: Any, in_keep: Any
     ) -> torch.Tensor:
+        norm = self.norm
+        if not self.training and not torch.is_grad_enabled() and (norm is None or norm.running_mean is not None):
+            if out_keep is None and in_keep is None:
+                # inference without a decision: the modules' own kernels, called directly (the
+                # same numbers as conv -> norm -> act, bit for bit, without three module calls)
+                conv = self.conv
+                y = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+                if norm is not None:
+                    y = F.batch_norm(y, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+                act = self.act
+                if act is None:
+                    return y
+                return torch.relu(y) if type(act) is nn.ReLU else act(y)
+            # inference with decisions: the same computation with the BatchNorm folded in
+            return self._union(x, out_keep, gate_f, in_keep, dense=True)[0]
         if in_keep is not None:
             x = x * in_keep[:, :, None, None].to(x.dtype)
         y = self.conv(x)
@@ -1460,9 +1488,10 @@ class GatedConv2d(DynamicModule):
                 y = y + bias[None, :, None, None]
         else:
             y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, groups)
-        if self.act is not None:
-            y = self.act(y)
-        return y
+        act = self.act
+        if act is None:
+            return y
+        return torch.relu(y) if type(act) is nn.ReLU else act(y)
 
     def _out_hw(self, x: torch.Tensor) -> tuple[int, int]:
         """The convolution's output size, by arithmetic (a probe convolution, even on the meta

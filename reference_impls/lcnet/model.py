@@ -206,8 +206,9 @@ class LCNetBlock(DynamicModule):
 
     # --- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._hw = (x.shape[-2], x.shape[-1])
-        self._soft = {"s": None, "c": None}
+        # plain dict writes: nn.Module.__setattr__ costs a few µs per call at batch 1
+        self.__dict__["_hw"] = (x.shape[-2], x.shape[-1])
+        self.__dict__["_soft"] = {"s": None, "c": None}
         if not self.gating or (self.lnet is None and self.cnet is None):
             return self._branch(x, None, None)
         if self.training and self.engine == "sparse":
@@ -382,7 +383,7 @@ class LCNet(DynamicModule):
         return [h for b in self.blocks for h in (b.lnet, b.cnet) if h is not None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._input_hw = (x.shape[-2], x.shape[-1])
+        self.__dict__["_input_hw"] = (x.shape[-2], x.shape[-1])
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)
