@@ -27,6 +27,10 @@ D2NN=https://arxiv.org/abs/1701.00299
 LCNET=https://arxiv.org/abs/2007.15151
 BRANCHY=https://arxiv.org/abs/1709.01686
 L1=https://arxiv.org/abs/1608.08710
+SKIPNET=https://arxiv.org/abs/1711.09485
+BLOCKDROP=https://arxiv.org/abs/1711.08393
+AIG=https://arxiv.org/abs/1711.11503
+FBS=https://arxiv.org/abs/1810.05331
 
 # Fashion-MNIST at 32x32, 10-way (dynamic-fmnist: one ResNet-20 backbone, fine-tunes at equal budgets)
 submit "$FMNIST_RUNS" fmnist_resnet20 resnet20-fmnist32 "ResNet-20 (static backbone)"
@@ -36,6 +40,10 @@ submit "$FMNIST_RUNS" fmnist_resnet20_c--rho0.5 lcnet-c-rho0.5-fmnist32 "LC-Net 
 submit "$FMNIST_RUNS" fmnist_resnet20_lc--rho0.5 lcnet-lc-rho0.5-fmnist32 "LC-Net LC, rho 0.5" "$LCNET"
 submit "$FMNIST_RUNS" fmnist_resnet20_early_exit_calibrated--macs_fraction0.7 early-exit-0.7-fmnist32 \
     "Early exit on ResNet-20, thresholds calibrated on val to 70% of the MACs" "$BRANCHY"
+submit "$FMNIST_RUNS" fmnist_resnet20_skipnet--alpha4 skipnet-alpha4-fmnist32 "SkipNet (RNNGate, hybrid RL), alpha 4" "$SKIPNET"
+submit "$FMNIST_RUNS" fmnist_resnet20_blockdrop--penalty2 blockdrop-penalty2-fmnist32 "BlockDrop (ResNet-8 policy at 16x16), penalty 2" "$BLOCKDROP"
+submit "$FMNIST_RUNS" fmnist_resnet20_convnet_aig--target0.7 convnet-aig-t0.7-fmnist32 "ConvNet-AIG, target rate 0.7" "$AIG"
+submit "$FMNIST_RUNS" fmnist_resnet20_fbs--density0.5 fbs-d0.5-fmnist32 "FBS, density 0.5" "$FBS"
 # Fashion-MNIST at 28x28, bag vs rest (D2NN's binary designs, scored by F-score)
 submit "$FMNIST_RUNS" fmnist_highlow--lam0.99 d2nn-highlow-lam0.99-fmnist-bag "D2NN high-low capacity, lambda 0.99" "$D2NN"
 submit "$FMNIST_RUNS" fmnist_highlow_high d2nn-highlow-high-static-fmnist-bag "D2NN high-low: its high-capacity path alone" "$D2NN"
