@@ -902,8 +902,11 @@ def _route_sparse(
     gate: torch.Tensor | None, default: Any, unit: str, out_shape: Any, tr: Trace | None,
 ) -> torch.Tensor:
     n = x.shape[0]
-    idx = hard.nonzero().squeeze(1)
-    k = idx.numel()
+    if n == 1:  # one row: a Python branch, no index kernel
+        idx, k = None, 1 if bool(hard[0]) else 0
+    else:
+        idx = hard.nonzero().squeeze(1)
+        k = idx.numel()
     if tr is not None:
         tr._unit(unit, 1 if k == n else 0 if k == 0 else hard)
     finite = not (isinstance(default, (int, float)) and not math.isfinite(default))
@@ -1236,6 +1239,8 @@ class GatedConv2d(DynamicModule):
         gate: torch.Tensor | None = None,
         in_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if gate is None and in_mask is None and _ACTIVE is None and not self.training and not torch.is_grad_enabled():
+            return self._dense(x, None, None, None)  # no decision, no trace: the plain layer
         n = x.shape[0]
         unit = self._name()
         out_keep, gate_f = _channel_decision(gate, n, self.conv.out_channels, "gate", unit)
