@@ -54,6 +54,7 @@ __all__ = [
     "decide_argmax",
     "decide_threshold",
     "decide_topk",
+    "gated_pair",
     "is_dynamic",
     "mark_controller",
     "name_units",
@@ -1469,7 +1470,11 @@ class GatedConv2d(DynamicModule):
         self.__dict__["_folded_cache"] = (key, weight, bias)
         return weight, bias
 
-    def _sliced(self, x: torch.Tensor, oi: Any, ii: Any, zero_in: Any = None) -> torch.Tensor:
+    def _sliced(
+        self, x: torch.Tensor, oi: Any, ii: Any, zero_in: Any = None, compact_in: bool = False
+    ) -> torch.Tensor:
+        """Kept outputs `oi` from kept inputs `ii` (None: all); `compact_in`: x already holds
+        only the channels `ii`, in that order (handed over by `gated_pair`)."""
         conv = self.conv
         weight, bias = self._folded()  # eval only: the sparse engine refuses training
         if oi is not None:
@@ -1486,7 +1491,8 @@ class GatedConv2d(DynamicModule):
             groups = 1
             if ii is not None:
                 weight = weight.index_select(1, ii)
-                x = x.index_select(1, ii)
+                if not compact_in:
+                    x = x.index_select(1, ii)
         if x.shape[1] == 0:  # every input channel dropped: only the bias remains
             y = x.new_zeros((x.shape[0], weight.shape[0], *self._out_hw(x)))
             if bias is not None:
@@ -1560,3 +1566,39 @@ class GatedConv2d(DynamicModule):
         tr._per_row("conv", full, theoretical)
         if out_keep is not None:
             tr._channels(unit, n_out)
+
+
+def gated_pair(first: GatedConv2d, second: GatedConv2d, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """`second(first(x, gate), in_mask=gate != 0)`: two gated convolutions where the second
+    reads only the channels the first kept (LC-Net's C-Net and FBS gate a block's inner
+    channels this way). In the sparse engine at batch 1 the kept channels pass from one to the
+    other compactly: no full-width tensor of zeros is filled and gathered back in between. The
+    outputs and the trace are those of the two calls."""
+    n = x.shape[0]
+    if (first.engine != "sparse" or second.engine != "sparse" or n != 1 or first.depthwise or second.depthwise
+            or first.execution != second.execution or first.training or second.training):  # fmt: skip
+        return second(first(x, gate), None, in_mask=gate != 0)
+    unit1, unit2 = first._name(), second._name()
+    keep, gate_f = _channel_decision(gate, n, first.conv.out_channels, "gate", unit1)
+    _channel_decision(keep, n, second.conv.in_channels, "in_mask", unit2)
+    first._check_eval(unit1)
+    second._check_eval(unit2)
+    oi = keep[0].nonzero().squeeze(1)
+    k = oi.numel()
+    if k == 0 or k == keep.shape[1]:  # nothing or everything kept: the plain calls are as cheap
+        return second(first(x, gate), None, in_mask=keep)
+    tr = _ACTIVE
+    if tr is not None and tr._device is None:
+        tr._see(x)
+    with _Suppressed(tr):
+        h = first._sliced(x, oi, None)
+        if gate_f is not None:
+            h = h * gate_f.index_select(1, oi)[:, :, None, None].to(h.dtype)
+        y = second._sliced(h, None, oi, compact_in=True)
+    if tr is not None:
+        cin, cout = first.conv.in_channels, second.conv.out_channels
+        first._record_groups(tr, h, [(k, cin, min(k, cin))], None, True, unit1)
+        tr._execution(unit1, "sliced")
+        second._record_groups(tr, y, [(cout, k, min(cout, k))], None, False, unit2)
+        tr._execution(unit2, "sliced")
+    return y

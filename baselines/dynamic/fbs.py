@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from benchmarks.backbones import BackboneKeys, shortcut_of, split_resnet
 from benchmarks.registry import create_model, register_model
-from benchmarks.routing import DynamicModule, GatedConv2d, decide_topk, mark_controller
+from benchmarks.routing import DynamicModule, GatedConv2d, decide_topk, gated_pair, mark_controller
 
 __all__ = ["FBSBlock", "FBSResNet", "SaliencyPredictor", "kept_channels"]
 
@@ -82,8 +82,7 @@ class FBSBlock(DynamicModule):
         keep = decide_topk(s, self.k, unit=f"{self.__dict__.get('_dynbench_prefix') or 'fbs'}.wta")
         gate = s * keep.to(s.dtype)  # kept channels boosted or suppressed by their saliency
         self.saliency[:] = [s]
-        y = self.conv1(x, gate)
-        y = self.conv2(y, None, in_mask=gate != 0)
+        y = gated_pair(self.conv1, self.conv2, x, gate)  # conv2 reads the kept channels only
         return torch.relu(y + self.shortcut(x))
 
     def extra_repr(self) -> str:

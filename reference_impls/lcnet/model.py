@@ -41,7 +41,13 @@ import torch.nn as nn
 
 from benchmarks.backbones import BackboneKeys, shortcut_of, split_resnet
 from benchmarks.registry import create_model, register_model
-from benchmarks.routing import DynamicModule, GatedConv2d, decide_threshold, mark_controller
+from benchmarks.routing import (
+    DynamicModule,
+    GatedConv2d,
+    decide_threshold,
+    gated_pair,
+    mark_controller,
+)
 
 __all__ = [
     "MODES",
@@ -239,11 +245,12 @@ class LCNetBlock(DynamicModule):
             else:
                 in_mask = decide_threshold(c, self.tau_c, unit=f"{self._unit()}.cnet")
                 gate = self.cnet.scale(c) * in_mask
-        h = self.conv1(x, gate=gate)
-        if self.conv3 is None:
-            r = self.conv2(h, in_mask=in_mask)
+        if in_mask is not None:  # inference: conv2 reads conv1's kept channels only
+            r = gated_pair(self.conv1, self.conv2, x, gate)
         else:
-            r = self.conv3(self.conv2(h, in_mask=in_mask))
+            r = self.conv2(self.conv1(x, gate=gate))
+        if self.conv3 is not None:
+            r = self.conv3(r)
         if s is not None:
             r = r * self.lnet.scale(s).view(-1, 1, 1, 1).to(r.dtype)
         return self.relu(r + self.shortcut(x))

@@ -117,3 +117,26 @@ def test_latency_times_the_fastest_execution_when_asked(monkeypatch):
     assert gated and all(m.engine == "sparse" and m.execution == "fastest" for m in gated)
     prepare_model(model, "sparse", LatencyConfig())
     assert all(m.execution == "exact" for m in gated)
+
+
+@pytest.mark.parametrize("float_gate", [True, False])
+def test_gated_pair_hands_the_kept_channels_over_compactly_with_the_same_result_and_trace(float_gate):
+    from benchmarks.routing import gated_pair
+
+    torch.manual_seed(0)
+    first = GatedConv2d(nn.Conv2d(8, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU(), unit="a").eval()
+    second = GatedConv2d(nn.Conv2d(12, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), unit="b").eval()
+    x = torch.randn(1, 8, 6, 6)
+    keep = torch.rand(1, 12, generator=torch.Generator().manual_seed(2)) > 0.5
+    gate = keep * torch.rand(1, 12) if float_gate else keep
+    for layer in (first, second):
+        layer.set_engine("sparse")
+    with torch.no_grad(), trace(batch_size=1) as unpaired:
+        expected = second(first(x, gate), None, in_mask=gate != 0)
+    with torch.no_grad(), trace(batch_size=1) as paired:
+        got = gated_pair(first, second, x, gate)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(paired.macs_executed, unpaired.macs_executed)
+    assert torch.equal(paired.macs_theoretical, unpaired.macs_theoretical)
+    assert {k: v.tolist() for k, v in paired.channels_kept.items()} == {k: v.tolist() for k, v in unpaired.channels_kept.items()}
+    assert paired.executions == unpaired.executions == {"a": {"sliced": 1}, "b": {"sliced": 1}}
