@@ -10,7 +10,8 @@ two pieces they share, so that each method file holds only its own mechanism:
   `shortcut_of(block)` is a block's shortcut module in either family.
 * `BackboneKeys`: the backbone's state_dict keys of the wrapping model's tensors, matched by
   tensor identity when the wrapper is built (the modules moved, the tensors did not), so that
-  `load` takes a static checkpoint and `export` gives one back.
+  `load` takes a static checkpoint and `export` gives one back. `WrapsBackbone` gives a model
+  that sets `self._backbone_keys` the two methods the engine calls.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["BackboneKeys", "ResNetParts", "shortcut_of", "split_resnet"]
+__all__ = ["BackboneKeys", "ResNetParts", "WrapsBackbone", "shortcut_of", "split_resnet"]
 
 ResNetParts = tuple[nn.Module, list[list[nn.Module]], nn.Module, nn.Linear, str]
 
@@ -79,3 +80,19 @@ class BackboneKeys:
         """The backbone weights of `wrapper` under the backbone's own keys."""
         own = wrapper.state_dict()
         return {theirs: own[mine] for mine, theirs in self.keys.items()}
+
+
+class WrapsBackbone:
+    """Mixin of a model built from a static backbone's modules (it sets `_backbone_keys` in
+    its __init__): loads that backbone's checkpoint and gives its weights back."""
+
+    _backbone_keys: BackboneKeys
+
+    def load_backbone_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a trained static backbone's state_dict (its own keys); the controllers keep
+        theirs. KeyError names what does not fit."""
+        self._backbone_keys.load(self, state)
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """The backbone weights under the backbone's own keys."""
+        return self._backbone_keys.export(self)

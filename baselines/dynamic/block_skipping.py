@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from benchmarks.backbones import BackboneKeys, shortcut_of, split_resnet
+from benchmarks.backbones import BackboneKeys, WrapsBackbone, shortcut_of, split_resnet
 from benchmarks.routing import IDENTITY, DynamicModule, trace
 
 __all__ = ["BlockSkippingResNet", "ShortcutPath", "static_backbone_macs"]
@@ -41,7 +41,7 @@ class ShortcutPath:
         return torch.relu(self.shortcut(x))
 
 
-class BlockSkippingResNet(DynamicModule):
+class BlockSkippingResNet(WrapsBackbone, DynamicModule):
     """A ResNet whose residual blocks may be skipped per sample (see the module docstring).
 
     Subclasses add their controllers and call `run_block(i, h, keep)` in `forward`.
@@ -87,14 +87,6 @@ class BlockSkippingResNet(DynamicModule):
         for block in self.blocks:
             h = block(h)
         return self.classify(h)
-
-    def load_backbone_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a trained static backbone's state_dict (its own keys); the controllers keep
-        theirs."""
-        self._backbone_keys.load(self, state)
-
-    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
-        return self._backbone_keys.export(self)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """The parameters taken from the static backbone (not the controllers')."""

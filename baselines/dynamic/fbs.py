@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn as nn
 
-from benchmarks.backbones import BackboneKeys, shortcut_of, split_resnet
+from benchmarks.backbones import BackboneKeys, WrapsBackbone, shortcut_of, split_resnet
 from benchmarks.registry import create_model, register_model
 from benchmarks.routing import DynamicModule, GatedConv2d, decide_topk, gated_pair, mark_controller
 
@@ -89,7 +89,7 @@ class FBSBlock(DynamicModule):
         return f"density={self.density}, k={self.k}/{self.conv1.out_channels}"
 
 
-class FBSResNet(DynamicModule):
+class FBSResNet(WrapsBackbone, DynamicModule):
     """A ResNet whose basic blocks are FBS blocks of one density; loads the static backbone's
     checkpoint (`load_backbone_state`)."""
 
@@ -125,11 +125,6 @@ class FBSResNet(DynamicModule):
     def predictors(self) -> list[nn.Module]:
         return [b.predictor for b in self.blocks]
 
-    def load_backbone_state(self, state: dict[str, torch.Tensor]) -> None:
-        self._backbone_keys.load(self, state)
-
-    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
-        return self._backbone_keys.export(self)
 
 
 def _fbs(backbone: str, num_classes: int, in_chans: int, density: float, **kwargs) -> FBSResNet:

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from benchmarks.backbones import BackboneKeys, shortcut_of, split_resnet
+from benchmarks.backbones import BackboneKeys, WrapsBackbone, shortcut_of, split_resnet
 from benchmarks.registry import create_model, register_model
 from benchmarks.routing import (
     DynamicModule,
@@ -337,7 +337,7 @@ def _gated_block(block: nn.Module, family: str, mode: str, **head_kwargs: Any) -
     return LCNetBlock(convs, shortcut, downsample, mode, **head_kwargs)
 
 
-class LCNet(DynamicModule):
+class LCNet(WrapsBackbone, DynamicModule):
     """A ResNet with LC-Net gating (`mode`: l, c or lc), built from a static backbone's modules.
 
     `model.expected_macs(kind)` is the per-sample expected cost of the last forward (soft
@@ -397,14 +397,6 @@ class LCNet(DynamicModule):
         return self.fc(torch.flatten(self.pool(x), 1))
 
     # --- backbone weights ----------------------------------------------------------------------
-    def load_backbone_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a static backbone's state_dict (keys as in the backbone model)."""
-        self._backbone_keys.load(self, state)
-
-    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
-        """The backbone weights under the backbone's own keys."""
-        return self._backbone_keys.export(self)
-
     # --- cost -------------------------------------------------------------------------------
     def _fixed_macs(self, hw: tuple[int, int]) -> tuple[int, list[tuple[int, int]]]:
         """Stem + classifier MACs, and each block's input size."""
