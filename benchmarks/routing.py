@@ -62,6 +62,7 @@ __all__ = [
     "set_engine",
     "set_execution",
     "set_execution_costs",
+    "skip",
     "trace",
 ]
 
@@ -871,7 +872,8 @@ def route(
 
     `keep`: one decision per row, boolean or float (a float gate skips where it is 0 and
     multiplies the output elsewhere: `gate·y + (1 − gate)·default`, so a straight-through
-    gate's gradient reaches the controller). `rows`: further per-row inputs, gathered with `x`.
+    gate's gradient reaches the controller); for a one-row batch also a Python bool (an
+    executor that branches in Python at batch 1 passes what it decided, no tensor needed). `rows`: further per-row inputs, gathered with `x`.
     `default`, for skipped rows: `IDENTITY` (the input passes through), a number (e.g. 0.0 or
     -inf logits; give `out_shape` if the selection can be empty), a tensor with one row per
     sample, or a callable `default(x_skipped) -> rows`. `unit` names the decision in traces.
@@ -883,7 +885,20 @@ def route(
     unit = unit or getattr(module, "__name__", None) or type(module).__name__
     engine = DEFAULT_ENGINE if engine is None else _check_engine(engine)
     n = x.shape[0]
-    hard, gate = _decision(keep, n, unit)
+    if keep is True and n == 1 and engine == "sparse" and _ACTIVE is None and not isinstance(default, torch.Tensor):
+        # batch 1, decided in Python to run, outside a trace: nothing to gather or record
+        for extra in rows:
+            _check_rows(unit, extra, 1, "every per-row input")
+        return module(x, *rows)
+    if keep is True or keep is False:
+        if n != 1:
+            raise ValueError(
+                f"route(unit='{unit}'): a Python bool decides a one-row batch; this batch has "
+                f"{n} rows (pass one decision per row as a tensor)"
+            )
+        hard, gate = (torch.tensor([keep], device=x.device) if engine == "masked" else keep), None
+    else:
+        hard, gate = _decision(keep, n, unit)
     for extra in rows:
         _check_rows(unit, extra, n, "every per-row input")
     if isinstance(default, torch.Tensor):
@@ -898,13 +913,22 @@ def route(
     return _route_sparse(module, x, rows, hard, gate, default, unit, out_shape, tr)
 
 
+def skip(unit: str) -> None:
+    """Record, inside a trace, that `unit` ran on no row of the current computation: what
+    `route` records for an empty selection, for an executor that skips a module without
+    calling `route` at all (a batch-1 walk on Python booleans). Nothing outside a trace."""
+    tr = _ACTIVE
+    if tr is not None:
+        tr._unit(unit, 0)
+
+
 def _route_sparse(
     module: Callable, x: torch.Tensor, rows: tuple, hard: torch.Tensor,
     gate: torch.Tensor | None, default: Any, unit: str, out_shape: Any, tr: Trace | None,
 ) -> torch.Tensor:
     n = x.shape[0]
     if n == 1:  # one row: a Python branch, no index kernel
-        idx, k = None, 1 if bool(hard[0]) else 0
+        idx, k = None, 1 if (hard if hard.__class__ is bool else bool(hard[0])) else 0
     else:
         idx = hard.nonzero().squeeze(1)
         k = idx.numel()

@@ -139,6 +139,11 @@ class ExitSelect(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         heads, stops = inputs[: self.exits], inputs[self.exits :]
+        if heads[0].shape[0] == 1:  # one sample: the first stage whose stop marker is set
+            for head, stop in zip(heads[:-1], stops, strict=False):
+                if float(stop) > 0:
+                    return head
+            return heads[-1]
         out = heads[-1]
         for head, stop in zip(reversed(heads[:-1]), reversed(stops), strict=True):
             out = torch.where(stop > 0, head, out)

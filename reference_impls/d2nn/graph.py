@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from benchmarks.errors import DynbenchError
-from benchmarks.routing import DynamicModule, decide_argmax, mark_controller, route, trace
+from benchmarks.routing import DynamicModule, decide_argmax, mark_controller, route, skip, trace
 
 __all__ = [
     "ALL_ACTIONS",
@@ -266,6 +266,10 @@ class D2NNGraph:
 class SumInputs(nn.Module):
     """Adds its inputs: the merge of alternative branches whose edges default to 0."""
 
+    #: an input that defaults to 0 where its source did not run adds nothing: the batch-1 walk
+    #: leaves it out instead of materializing zeros
+    skips_zero_inputs = True
+
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         out = inputs[0]
         for x in inputs[1:]:
@@ -356,6 +360,9 @@ class D2NN(DynamicModule):
             n: _Constant(s.value) for n, s in self.specs.items() if s.kind == DUMMY
         }
         self._row_shapes: dict[tuple[str, tuple[int, ...]], tuple[int, ...]] = {}
+        # batch 1, per (input row shape, device, dtype): each node's output (row shape, dtype) once it
+        # has run, and the constant rows that stand for absent outputs
+        self._outputs_seen: dict[tuple[tuple[int, ...], torch.device], dict] = {}
         self._reference_macs: dict[tuple[int, ...], int] = {}
 
     # --- policies --------------------------------------------------------------------------
@@ -395,6 +402,10 @@ class D2NN(DynamicModule):
         every gated node is enabled), or a mapping {control: action} forcing those controls'
         actions for every sample (forced controls do not run; the others are greedy).
         """
+        if not return_run and epsilon == 0 and x.shape[0] == 1 and self.engine == "sparse":
+            seen = self._outputs_seen.get((tuple(x.shape[1:]), x.device, x.dtype))
+            if seen is not None:
+                return self._walk_one(x, policy if policy == "greedy" else self._check_policy(policy), seen)
         run = self.run(x, policy=policy, epsilon=epsilon, generator=generator)
         return run if return_run else run.output
 
@@ -413,6 +424,7 @@ class D2NN(DynamicModule):
         outputs: dict[str, torch.Tensor] = {INPUT: x}
         ran: dict[str, torch.Tensor] = {INPUT: everyone}
         result = GraphRun(output=x, outputs=outputs, ran=ran, controls=list(self.controls))
+        run_controls = set(self.controls)
         for name in self.order:
             spec = self.specs[name]
             keep = self._enabled(spec, result, everyone)
@@ -431,14 +443,105 @@ class D2NN(DynamicModule):
             outputs[name] = self._route(name, module, inputs, keep)
             ran[name] = keep
         if not bool(ran[self.output_node].all()):
-            missing = (~ran[self.output_node]).nonzero().squeeze(1).tolist()[:5]
-            raise RuntimeError(
-                f"D2NN output node '{self.output_node}' did not run for samples {missing}: give "
-                "the data edges into it default values, or make every path reach it"
-            )
+            self._output_missing((~ran[self.output_node]).nonzero().squeeze(1).tolist())
         result.output = outputs[self.output_node]
         del outputs[INPUT], ran[INPUT]
+        # every node's output row shape is now known for inputs like `x`: the batch-1 walk can
+        # stand in for absent outputs from here on
+        self._outputs_seen.setdefault((tuple(x.shape[1:]), x.device, x.dtype), {}).update(
+            {name: (value.shape[1:], value.dtype) for name, value in outputs.items() if name not in run_controls}
+        )
         return result
+
+    def _output_missing(self, samples: list[int]) -> None:
+        raise RuntimeError(
+            f"D2NN output node '{self.output_node}' did not run for samples {samples[:5]}: give "
+            "the data edges into it default values, or make every path reach it"
+        )
+
+    def _steps(self) -> list[tuple[str, str, tuple[tuple[str, float | None], ...], Gate | None, str, bool]]:
+        """The walk as (node, kind, data edges as (source, default), gate, unit, whether an
+        absent input that defaults to 0 can be left out), built once per unit prefix
+        (`name_units` may rename the units after the model is built)."""
+        prefix = self.__dict__.get("_dynbench_prefix", "")
+        cached = self.__dict__.get("_steps_cache")
+        if cached is None or cached[0] != prefix:
+            steps = [
+                (name, spec.kind, tuple((e.source, e.default) for e in spec.inputs), spec.gate, self._unit(name),
+                 getattr(self.nodes[name], "skips_zero_inputs", False) if name in self.nodes else False)
+                for name, spec in ((n, self.specs[n]) for n in self.order)
+            ]  # fmt: skip
+            cached = self.__dict__["_steps_cache"] = (prefix, steps)
+        return cached[1]
+
+    def _walk_one(self, x: torch.Tensor, policy: Policy, seen: dict) -> torch.Tensor:
+        """One image in the sparse engine: the walk of `run` on Python booleans and actions, as
+        a hand-written network branches: a node that does not run costs a dict lookup (and a
+        `skip` record inside a trace), a node that runs goes through `route` with a Python
+        decision. Same outputs, decisions and trace records as `run`. `seen` holds every node's
+        output row shape for inputs like `x` (filled by an earlier `run`): a default edge from
+        a node that did not run reads a constant row of that shape."""
+        modules = self.nodes._modules
+        values: dict[str, torch.Tensor] = {INPUT: x}
+        actions: dict[str, int] = {}
+        forced = policy if isinstance(policy, dict) else None
+        detach = torch.is_grad_enabled()  # the Q-loss must not reach regular nodes
+        for name, kind, edges, gate, unit, skips_zeros in self._steps():
+            if gate is not None:
+                action = actions.get(gate.control)
+                if action is None or (action != gate.action and action != ALL_ACTIONS):
+                    if kind != CONTROL:
+                        skip(unit)
+                    continue
+            inputs: list[torch.Tensor] | None = []
+            for source, default in edges:
+                value = values.get(source)
+                if value is None:
+                    if default is None:
+                        inputs = None
+                        break
+                    if skips_zeros and default == 0:
+                        continue
+                    value = self._constant_row(seen, source, default, x)
+                inputs.append(value)
+            if inputs is None:
+                if kind != CONTROL or not (policy == "all" or (forced is not None and name in forced)):
+                    skip(unit)
+                continue
+            if kind == CONTROL:
+                if policy == "all" or (forced is not None and name in forced):
+                    actions[name] = ALL_ACTIONS if policy == "all" else int(forced[name])
+                    continue
+                if detach:
+                    inputs = [v.detach() for v in inputs]
+                q = route(modules[name], inputs[0], True, *inputs[1:], default=0.0, unit=unit, engine="sparse")
+                self._check_q(name, q)
+                actions[name] = int(decide_argmax(q.detach() if detach else q, unit=unit))
+                continue
+            if skips_zeros and not inputs:  # a sum of nothing but zeros
+                inputs = [self._constant_row(seen, edges[0][0], 0.0, x)]
+            if kind == DUMMY:
+                y = route(self._dummies[name], x, True, default=0.0, unit=unit, engine="sparse")
+            else:
+                y = route(modules[name], inputs[0], True, *inputs[1:], default=0.0, unit=unit, engine="sparse")
+            values[name] = y
+        out = values.get(self.output_node)
+        if out is None:
+            self._output_missing([0])
+        return out
+
+    @staticmethod
+    def _constant_row(seen: dict, source: str, default: float, x: torch.Tensor) -> torch.Tensor:
+        """The default value of `source`'s output for one absent row, kept between calls (a
+        consumer that wrote into it in place bumps its version: it is then made anew)."""
+        key = (source, default)
+        kept = seen.get(key)
+        if kept is not None and kept[0]._version == kept[1]:
+            return kept[0]
+        shape, dtype = seen[source]
+        value = x.new_full((1, *shape), default, dtype=dtype)
+        seen[key] = (value, value._version)
+        return value
 
     def _enabled(self, spec: _Node, run: GraphRun, everyone: torch.Tensor) -> torch.Tensor:
         if spec.gate is None:
@@ -518,12 +621,11 @@ class D2NN(DynamicModule):
             return
         # the state is detached: the Q-loss trains the control node only
         q = self._route(name, self.nodes[name], [v.detach() for v in inputs], keep)
-        if q.dim() != 2 or q.shape[1] != spec.actions:
-            raise RuntimeError(
-                f"D2NN control node '{name}' returned shape {tuple(q.shape)}; expected "
-                f"(N, {spec.actions}) Q-values"
-            )
-        action = decide_argmax(q.detach(), unit=self._unit(name), where=keep)
+        self._check_q(name, q)
+        if keep.shape[0] == 1 and not bool(keep[0]):  # reached by no row: nothing decided
+            action = torch.full_like(keep, _NOT_REACHED, dtype=torch.long)
+        else:
+            action = decide_argmax(q.detach(), unit=self._unit(name), where=keep)
         if epsilon > 0:
             explore = torch.rand(n, generator=generator, device=keep.device) < epsilon
             random = torch.randint(spec.actions, (n,), generator=generator, device=keep.device)
@@ -532,6 +634,14 @@ class D2NN(DynamicModule):
         run.actions[name] = torch.where(keep, action, _NOT_REACHED)
         run.ran[name] = keep
         run.outputs[name] = q
+
+    def _check_q(self, name: str, q: torch.Tensor) -> None:
+        actions = self.specs[name].actions
+        if q.dim() != 2 or q.shape[1] != actions:
+            raise RuntimeError(
+                f"D2NN control node '{name}' returned shape {tuple(q.shape)}; expected "
+                f"(N, {actions}) Q-values"
+            )
 
     # --- cost ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -23,6 +23,7 @@ from benchmarks.routing import (
     mark_controller,
     route,
     set_engine,
+    skip,
     trace,
 )
 from tests.benchmarks.toy_models import TOY_MODELS, IfGatedNet, build_toy
@@ -161,6 +162,39 @@ def test_route_straight_through_gate_passes_gradients_in_both_engines():
     masked, sparse = grads
     assert torch.allclose(masked, (y - x).sum(1))  # d/dg [g·y + (1−g)·x]
     assert torch.allclose(sparse[[0, 2]], masked[[0, 2]]) and torch.all(sparse[[1, 3]] == 0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("decision", [True, False])
+def test_a_python_bool_decides_a_one_row_batch_as_a_tensor_does(engine, decision):
+    """An executor that branched in Python at batch 1 passes its bool: same output, same trace
+    records (inside and outside a trace) as the one-element tensor."""
+    x, linear = torch.randn(1, 5), nn.Linear(5, 3)
+    outs, records = [], []
+    for keep in (decision, torch.tensor([decision])):
+        plain = route(linear, x, keep, default=0.0, out_shape=(3,), engine=engine, unit="head")
+        with torch.no_grad(), trace(batch_size=1) as t:
+            traced = route(linear, x, keep, default=0.0, out_shape=(3,), engine=engine, unit="head")
+        outs.append((plain.detach(), traced))
+        records.append((t.macs_executed, t.macs_theoretical, t.units_executed["head"]))
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(*records, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="a Python bool decides a one-row batch; this batch has 4 rows"):
+        route(linear, torch.randn(4, 5), True, engine=engine, unit="head")
+
+
+def test_skip_records_an_empty_selection_without_a_call():
+    module = Recorder()
+    with trace(batch_size=2) as by_route:
+        route(module, torch.randn(2, 3), torch.zeros(2, dtype=torch.bool), unit="blk")
+    with trace(batch_size=2) as by_skip:
+        skip("blk")
+    skip("blk")  # outside a trace: nothing
+    assert module.calls == []
+    assert torch.equal(by_skip.units_executed["blk"], by_route.units_executed["blk"])
+    assert torch.equal(by_skip.macs_executed, torch.zeros(2, dtype=torch.int64))
 
 
 def test_route_rejects_bad_decisions():

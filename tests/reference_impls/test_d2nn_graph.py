@@ -344,3 +344,71 @@ def test_training_batchnorm_sees_only_the_rows_routed_to_a_node(name, digits):
 def _node_inputs(model: D2NN, run, node: str, rows: torch.Tensor) -> list[torch.Tensor]:
     """The inputs a node saw on its rows: its data edges' source outputs."""
     return [run.outputs[edge.source][rows] for edge in model.specs[node].inputs]
+
+
+# --- the batch-1 walk ------------------------------------------------------------------------
+
+
+def _traced(fn, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    with torch.no_grad(), trace(batch_size=1) as t:
+        out = fn(x)
+    record = {
+        "executed": t.macs_executed, "theoretical": t.macs_theoretical, "controller": t.macs_controller,
+        "units": t.units_executed, "margins": t.decision_margins,
+    }  # fmt: skip
+    return out, record
+
+
+POLICIES = ["greedy", "all"]
+
+
+@pytest.mark.parametrize("policy", POLICIES + ["forced"])
+@pytest.mark.parametrize("name", list(DESIGNS))
+def test_the_batch_1_walk_runs_and_records_what_the_general_walk_does(name, policy, digits):
+    """`forward` on one image branches in Python (`D2NN._walk_one`); `run` is the general walk
+    over masks. Same output bit for bit, same decisions, same trace records, image by image."""
+    model = centred(name, digits)
+    if policy == "forced":
+        policy = {model.controls[0]: 1}
+    with torch.no_grad():
+        model(digits[:2], policy=policy)  # a batch of 2 takes the general walk
+        assert model._outputs_seen, "a general walk records the node output shapes"
+    for i in range(0, len(digits), 3):
+        x = digits[i : i + 1]
+        fast, fast_record = _traced(lambda v: model(v, policy=policy), x)
+        general, general_record = _traced(lambda v: model.run(v, policy=policy).output, x)
+        assert torch.equal(fast, general)
+        for key, value in general_record.items():
+            if isinstance(value, dict):
+                assert value.keys() == fast_record[key].keys(), key
+                for unit, per_sample in value.items():
+                    assert torch.equal(per_sample, fast_record[key][unit]), (key, unit)
+            else:
+                assert torch.equal(value, fast_record[key]), key
+
+
+def test_the_first_image_of_a_shape_takes_the_general_walk_and_errors_match(digits):
+    g = tiny_graph()
+    g.nodes["out"].inputs = (DataEdge("a"), DataEdge("b"))  # no defaults
+    model = D2NN(g, output="out").eval()
+    with torch.no_grad():
+        model(digits[:1], policy="all")  # both branches run: fine, and the shapes are known
+        assert model._outputs_seen
+        with pytest.raises(RuntimeError, match=r"did not run for samples \[0\]"):
+            model(digits[:1], policy={"q": 0})  # now the batch-1 walk: the same error
+
+
+def test_a_default_row_written_in_place_is_made_anew(digits):
+    class AddOneInPlace(nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return b.add_(1) + a
+
+    g = tiny_graph()
+    g.nodes.pop("out"), g.modules.pop("out")
+    g.regular("out", AddOneInPlace(), inputs=[DataEdge("a", 0.0), DataEdge("b", 0.0)])
+    model = D2NN(g, output="out").eval()
+    with torch.no_grad():
+        model(digits[:2], policy="all")
+        first = model(digits[:1], policy={"q": 0})  # b absent: its zero row, then +1 in place
+        second = model(digits[:1], policy={"q": 0})
+    assert torch.equal(first, second)
