@@ -888,7 +888,8 @@ def route(
     if keep is True and n == 1 and engine == "sparse" and _ACTIVE is None and not isinstance(default, torch.Tensor):
         # batch 1, decided in Python to run, outside a trace: nothing to gather or record
         for extra in rows:
-            _check_rows(unit, extra, 1, "every per-row input")
+            if extra.__class__ is not torch.Tensor or extra.dim() == 0 or extra.shape[0] != 1:
+                _check_rows(unit, extra, 1, "every per-row input")
         return module(x, *rows)
     if keep is True or keep is False:
         if n != 1:

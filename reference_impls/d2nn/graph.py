@@ -41,7 +41,15 @@ import torch
 import torch.nn as nn
 
 from benchmarks.errors import DynbenchError
-from benchmarks.routing import DynamicModule, decide_argmax, mark_controller, route, skip, trace
+from benchmarks.routing import (
+    DynamicModule,
+    active_trace,
+    decide_argmax,
+    mark_controller,
+    route,
+    skip,
+    trace,
+)
 
 __all__ = [
     "ALL_ACTIONS",
@@ -311,7 +319,12 @@ class _Constant(nn.Module):
         self.value = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.new_full((x.shape[0], 1), self.value)
+        kept = self.__dict__.get("_kept")  # the last output, unless it was written in place
+        if kept is not None and kept[0]._version == kept[1] and kept[2] == (x.shape[0], x.device, x.dtype):
+            return kept[0]
+        out = x.new_full((x.shape[0], 1), self.value)
+        self.__dict__["_kept"] = (out, out._version, (x.shape[0], x.device, x.dtype))
+        return out
 
 
 def _has_batchnorm(module: Callable) -> bool:
@@ -459,15 +472,16 @@ class D2NN(DynamicModule):
             "the data edges into it default values, or make every path reach it"
         )
 
-    def _steps(self) -> list[tuple[str, str, tuple[tuple[str, float | None], ...], Gate | None, str, bool]]:
-        """The walk as (node, kind, data edges as (source, default), gate, unit, whether an
-        absent input that defaults to 0 can be left out), built once per unit prefix
-        (`name_units` may rename the units after the model is built)."""
+    def _steps(self) -> list[tuple[str, str, tuple, tuple[str, int] | None, str, bool]]:
+        """The walk as (node, kind, data edges as (source, default, key of its constant row),
+        gate as (control, action), unit, whether an absent input that defaults to 0 can be left
+        out), built once per unit prefix (`name_units` may rename the units later)."""
         prefix = self.__dict__.get("_dynbench_prefix", "")
         cached = self.__dict__.get("_steps_cache")
         if cached is None or cached[0] != prefix:
             steps = [
-                (name, spec.kind, tuple((e.source, e.default) for e in spec.inputs), spec.gate, self._unit(name),
+                (name, spec.kind, tuple((e.source, e.default, (e.source, e.default)) for e in spec.inputs),
+                 None if spec.gate is None else (spec.gate.control, spec.gate.action), self._unit(name),
                  getattr(self.nodes[name], "skips_zero_inputs", False) if name in self.nodes else False)
                 for name, spec in ((n, self.specs[n]) for n in self.order)
             ]  # fmt: skip
@@ -484,17 +498,18 @@ class D2NN(DynamicModule):
         modules = self.nodes._modules
         values: dict[str, torch.Tensor] = {INPUT: x}
         actions: dict[str, int] = {}
-        forced = policy if isinstance(policy, dict) else None
+        decided = policy == "all" or isinstance(policy, dict)  # some controls do not run
         detach = torch.is_grad_enabled()  # the Q-loss must not reach regular nodes
+        tracing = active_trace() is not None
         for name, kind, edges, gate, unit, skips_zeros in self._steps():
             if gate is not None:
-                action = actions.get(gate.control)
-                if action is None or (action != gate.action and action != ALL_ACTIONS):
-                    if kind != CONTROL:
+                action = actions.get(gate[0])
+                if action is None or (action != gate[1] and action != ALL_ACTIONS):
+                    if tracing and kind != CONTROL:
                         skip(unit)
                     continue
             inputs: list[torch.Tensor] | None = []
-            for source, default in edges:
+            for source, default, default_key in edges:
                 value = values.get(source)
                 if value is None:
                     if default is None:
@@ -502,21 +517,30 @@ class D2NN(DynamicModule):
                         break
                     if skips_zeros and default == 0:
                         continue
-                    value = self._constant_row(seen, source, default, x)
+                    kept = seen.get(default_key)
+                    if kept is not None and kept[0]._version == kept[1]:
+                        value = kept[0]
+                    else:
+                        value = self._constant_row(seen, source, default, x)
                 inputs.append(value)
-            if inputs is None:
-                if kind != CONTROL or not (policy == "all" or (forced is not None and name in forced)):
-                    skip(unit)
-                continue
             if kind == CONTROL:
-                if policy == "all" or (forced is not None and name in forced):
-                    actions[name] = ALL_ACTIONS if policy == "all" else int(forced[name])
+                if decided and (policy == "all" or name in policy):
+                    if inputs is not None:
+                        actions[name] = ALL_ACTIONS if policy == "all" else int(policy[name])
+                    continue
+                if inputs is None:
+                    if tracing:
+                        skip(unit)
                     continue
                 if detach:
                     inputs = [v.detach() for v in inputs]
                 q = route(modules[name], inputs[0], True, *inputs[1:], default=0.0, unit=unit, engine="sparse")
                 self._check_q(name, q)
                 actions[name] = int(decide_argmax(q.detach() if detach else q, unit=unit))
+                continue
+            if inputs is None:
+                if tracing:
+                    skip(unit)
                 continue
             if skips_zeros and not inputs:  # a sum of nothing but zeros
                 inputs = [self._constant_row(seen, edges[0][0], 0.0, x)]
