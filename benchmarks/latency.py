@@ -74,6 +74,11 @@ STATIC_ENGINE = "none"
 #: the sparse engine with each gated convolution's fastest real execution per batch
 #: (`benchmarks.routing.set_execution(model, "fastest")`); timed only when asked for
 FASTEST_ENGINE = "sparse:fastest"
+#: the dynamic model's oracle: its own decisions made beforehand and the network with the
+#: skipped parts removed, written out by hand (`model.oracle(x)`; see `supports_oracle`). Its
+#: realization ratio beside the model's says how much of the gap is the method's and how much
+#: the implementation's
+ORACLE_ENGINE = "oracle"
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -654,16 +659,29 @@ def is_dynamic(model: nn.Module) -> bool:
     return _routing.is_dynamic(model)
 
 
+def supports_oracle(model: nn.Module) -> bool:
+    """True when a dynamic model provides an oracle: `model.oracle(x)` makes its decisions
+    for the batch `x` and returns a function that computes the same outputs with those
+    decisions fixed, the skipped parts removed and no controllers (plain PyTorch), or None
+    where it has none for such a batch (e.g. a D2NN for more than one image)."""
+    return is_dynamic(model) and callable(getattr(model, "oracle", None))
+
+
 def model_engines(model: nn.Module, engines: Sequence[str] | None = None) -> tuple[str, ...]:
-    """Engines to time: both (or those asked for, `sparse:fastest` included) for dynamic
-    models, 'none' for static ones."""
+    """Engines to time: both (or those asked for, `sparse:fastest` and `oracle` included) for
+    dynamic models, 'none' for static ones."""
     if not is_dynamic(model):
         return (STATIC_ENGINE,)
-    known = (*_routing.ENGINES, FASTEST_ENGINE)
+    known = (*_routing.ENGINES, FASTEST_ENGINE, ORACLE_ENGINE)
     chosen = tuple(engines) if engines else tuple(_routing.ENGINES)
     for engine in chosen:
         if engine not in known:
             raise ConfigError(f"unknown engine '{engine}'; expected one of {', '.join(known)}")
+    if ORACLE_ENGINE in chosen and not supports_oracle(model):
+        raise ConfigError(
+            f"{type(model).__name__} has no oracle (a model provides one with an `oracle(x)` "
+            "method; see docs/latency.md)"
+        )
     return chosen
 
 
@@ -686,7 +704,7 @@ def prepare_model(model: nn.Module, engine: str, config: LatencyConfig) -> Calla
     device = torch.device(config.device)
     model.eval()
     if engine != STATIC_ENGINE:
-        _routing.set_engine(model, "sparse" if engine == FASTEST_ENGINE else engine)
+        _routing.set_engine(model, "masked" if engine == "masked" else "sparse")
         _routing.set_execution(model, "fastest" if engine == FASTEST_ENGINE else "exact")
     model.to(device=device, dtype=DTYPES[config.dtype])
     if config.channels_last:
@@ -739,6 +757,8 @@ def measure_model(
         env_hash = environment_hash(env)
         events = device.type == "cuda" and synchronize is None
         for engine in timed_engines:
+            if engine == ORACLE_ENGINE and config.compile_mode is not None:
+                raise ConfigError("the oracle runs eagerly: time it without --compile")
             runnable = prepare_model(model, engine, config)
             for batch_size in config.batch_sizes:
                 batches = round_robin_batches(inputs, int(batch_size))
@@ -746,8 +766,13 @@ def measure_model(
                 load_start = load_average()
                 with torch.inference_mode():
                     _check_runs(runnable, batches[0], model_name, samples, config.compile_mode)
+                    timed = runnable
+                    if engine == ORACLE_ENGINE:
+                        timed = oracle_runnable(model, batches, model_name)
+                        if timed is None:  # no oracle at this batch size: no row
+                            continue
                     raw = time_calls(
-                        runnable,
+                        timed,
                         batches,
                         batch_size=int(batch_size),
                         set_size=len(samples),
@@ -771,6 +796,29 @@ def measure_model(
                     row.update(extra)
                 results.append(LatencyMeasurement(row=row, raw=raw))
     return results
+
+
+def oracle_runnable(
+    model: nn.Module, batches: Sequence[torch.Tensor], model_name: str = "model"
+) -> Callable[[torch.Tensor], Any] | None:
+    """`fn(batch)` for the timed batches that runs the model's oracle for that batch (its
+    decisions made here, before timing), or None where the model has no oracle for batches of
+    this size. Each oracle must reproduce the model's output on its batch."""
+    prepared: dict[int, Callable[[], Any]] = {}
+    for batch in batches:
+        forward = model.oracle(batch)
+        if forward is None:
+            return None
+        if id(batch) == id(batches[0]):
+            expected, got = model(batch), forward()
+            if not torch.allclose(got.float(), expected.float(), rtol=1e-3, atol=1e-4, equal_nan=True):
+                raise DynbenchError(
+                    f"the oracle of '{model_name}' does not reproduce the model's output (largest "
+                    f"difference {float((got.float() - expected.float()).abs().nan_to_num().max()):.3g}): "
+                    "an oracle must compute the model's function with its decisions fixed"
+                )
+        prepared[id(batch)] = forward
+    return lambda batch: prepared[id(batch)]()
 
 
 def _check_runs(
@@ -894,11 +942,11 @@ def mean_executed_macs(
     dynamic model); the masked engine's executed MACs are its full cost. `sparse:fastest`
     is counted as `sparse`: its realization ratio divides its speed-up by the method's MACs
     reduction (the per-layer choice may compute more than that, to be faster; its traces
-    record what it ran).
+    record what it ran). So is the oracle: the same decisions, the skipped parts removed.
     """
     from benchmarks.cost import measure_cost
 
-    if engine == FASTEST_ENGINE:
+    if engine in (FASTEST_ENGINE, ORACLE_ENGINE):
         engine = "sparse"
     result = measure_cost(
         model, samples.images, engine=None if engine == STATIC_ENGINE else engine, batch_size=64
@@ -916,9 +964,11 @@ def realization_rows(
     """One realization row per dynamic (engine, batch size) row with a static row of that size.
 
     `dynamic_macs` maps engine -> mean executed MACs per sample; the ratio uses `statistic`
-    (the median by default, which on a shared machine is the stable one).
+    (the median by default, which on a shared machine is the stable one). Where the oracle
+    was timed at that batch size, every row also carries its `oracle_realization_ratio`.
     """
     by_batch = {row["batch_size"]: row for row in static}
+    oracle_rows = {row["batch_size"]: row for row in dynamic if row["engine"] == ORACLE_ENGINE}
     rows = []
     for row in dynamic:
         base = by_batch.get(row["batch_size"])
@@ -926,6 +976,11 @@ def realization_rows(
             continue
         macs = dynamic_macs[row["engine"]]
         ratio = realization_ratio(row, base, macs, static_macs, statistic)
+        oracle = oracle_rows.get(row["batch_size"])
+        if oracle is not None:
+            ratio["oracle_realization_ratio"] = realization_ratio(
+                oracle, base, dynamic_macs[ORACLE_ENGINE], static_macs, statistic
+            )["realization_ratio"]
         rows.append(
             {
                 "model": row["model"],
@@ -968,6 +1023,7 @@ def measure_realization(
     *,
     engines: Sequence[str] | None = None,
     rounds: int = 4,
+    oracle: bool = True,
     progress: bool | None = False,
     **timing: Any,
 ) -> RealizationResult:
@@ -977,13 +1033,17 @@ def measure_realization(
     timed in `rounds` interleaved rounds (static first in even rounds, last in odd ones), each
     covering whole issue periods, so that a change in the machine's load during the
     measurement falls on both sides of the ratio. Warm-up runs in full before the first round
-    and briefly (2 calls) before the others. `timing` goes to `measure_model` (fake clocks).
+    and briefly (2 calls) before the others. With `oracle` (the default), a model that
+    provides an oracle (`supports_oracle`) has it timed too, in the same rounds, unless
+    compiled. `timing` goes to `measure_model` (fake clocks).
     """
     if rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {rounds}")
     if is_dynamic(static_model):
         raise ConfigError(f"the baseline '{static_name}' is a dynamic model; it must be static")
     chosen = model_engines(dynamic_model, engines)
+    if oracle and supports_oracle(dynamic_model) and config.compile_mode is None and ORACLE_ENGINE not in chosen:
+        chosen = (*chosen, ORACLE_ENGINE)
     with pinned_threads(config.threads):
         dynamic_macs = {e: mean_executed_macs(dynamic_model, samples, e) for e in chosen}
         static_macs = mean_executed_macs(static_model, samples)
@@ -1013,7 +1073,7 @@ def measure_realization(
                     **timing,
                 )
         stat.append(merge_measurements(parts[0]))
-        dyn += [merge_measurements(parts[i]) for i in range(1, len(subjects))]
+        dyn += [merge_measurements(parts[i]) for i in range(1, len(subjects)) if parts[i]]
     rows = realization_rows([m.row for m in dyn], [m.row for m in stat], dynamic_macs, static_macs)
     return RealizationResult(dyn, stat, rows, dynamic_macs, static_macs)
 

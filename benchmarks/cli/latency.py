@@ -33,7 +33,7 @@ from benchmarks.latency import (
 DEFAULTS = LatencyConfig()
 REALIZATION_COLUMNS = (
     "model", "baseline", "engine", "batch_size", "latency_ms", "baseline_latency_ms",
-    "speedup", "macs_reduction", "realization_ratio",
+    "speedup", "macs_reduction", "realization_ratio", "oracle_realization_ratio",
 )
 #: above this fraction of preempted kept calls, the run warns that its numbers are inflated
 BUSY_FRACTION = 0.1
@@ -65,11 +65,13 @@ def _build(model_name: str, weights: str | None):
 @click.option("--device", default="cpu", show_default=True, callback=check_device, help="cpu, cuda or cuda:N.")
 @click.option("--batch", "batch", default=",".join(map(str, DEFAULTS.batch_sizes)),
               show_default=True, help="Comma-separated batch sizes.")
-@click.option("--engine", "engines", multiple=True, type=click.Choice(["masked", "sparse", "sparse:fastest"]),
+@click.option("--engine", "engines", multiple=True, type=click.Choice(["masked", "sparse", "sparse:fastest", "oracle"]),
               help="Engine(s) of a dynamic model (repeatable; default: masked and sparse). "
                    "sparse:fastest lets each gated convolution pick its fastest real execution "
                    "per batch (grouped by pattern, union of kept channels, or dense; calibrated "
-                   "on this device and recorded in the environment record).")
+                   "on this device and recorded in the environment record). oracle: the model's "
+                   "own decisions made beforehand, the skipped parts removed, written out by hand "
+                   "(models that provide one; with --baseline it is timed unless --no-oracle).")
 @click.option("--dataset", default=None,
               help="Dataset whose test split supplies the inputs (default: the model's first).")
 @click.option("--input-shape", default=None,
@@ -101,6 +103,9 @@ def _build(model_name: str, weights: str | None):
 @click.option("--baseline-weights", type=click.Path(dir_okay=False), default=None)
 @click.option("--rounds", type=int, default=4, show_default=True,
               help="With --baseline: interleaved rounds of model and baseline per batch size.")
+@click.option("--oracle/--no-oracle", default=True, show_default=True,
+              help="With --baseline: also time the model's oracle (where it provides one) and "
+                   "report its realization ratio beside the model's.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: results/latency/MODEL-DEVICE).")
 @dataset_options_option
@@ -127,6 +132,7 @@ def latency(
     baseline: str | None,
     baseline_weights: str | None,
     rounds: int,
+    oracle: bool,
     out: str | None,
     dataset_options: dict,
     data_root: str | None,
@@ -192,7 +198,7 @@ def latency(
     else:
         realization = measure_realization(
             model, static, sample_set, model_name, baseline, config,
-            engines=engines or None, rounds=rounds, progress=None,
+            engines=engines or None, rounds=rounds, oracle=oracle, progress=None,
         )
         measurements = realization.static + realization.dynamic
     summary = write_measurements(ensure_dir(out_dir), measurements)

@@ -322,7 +322,8 @@ class _Constant(nn.Module):
         kept = self.__dict__.get("_kept")  # the last output, unless it was written in place
         if kept is not None and kept[0]._version == kept[1] and kept[2] == (x.shape[0], x.device, x.dtype):
             return kept[0]
-        out = x.new_full((x.shape[0], 1), self.value)
+        with torch.inference_mode(False):  # a normal tensor: its version counts in-place writes
+            out = x.new_full((x.shape[0], 1), self.value)
         self.__dict__["_kept"] = (out, out._version, (x.shape[0], x.device, x.dtype))
         return out
 
@@ -563,7 +564,8 @@ class D2NN(DynamicModule):
         if kept is not None and kept[0]._version == kept[1]:
             return kept[0]
         shape, dtype = seen[source]
-        value = x.new_full((1, *shape), default, dtype=dtype)
+        with torch.inference_mode(False):  # a normal tensor: its version counts in-place writes
+            value = x.new_full((1, *shape), default, dtype=dtype)
         seen[key] = (value, value._version)
         return value
 
@@ -658,6 +660,43 @@ class D2NN(DynamicModule):
         run.actions[name] = torch.where(keep, action, _NOT_REACHED)
         run.ran[name] = keep
         run.outputs[name] = q
+
+    @torch.no_grad()
+    def oracle(self, x: torch.Tensor) -> Callable[[], torch.Tensor] | None:
+        """The latency harness's oracle for one image `x` (DESIGN §4): the Q-networks decide
+        now, and the returned function calls the nodes that run for `x`, in order, directly
+        (no control nodes, no routing, constant rows prepared for absent inputs). None for a
+        batch of more than one image (whose rows may take different paths)."""
+        if x.shape[0] != 1:
+            return None
+        run = self.run(x)
+        ran = {name: bool(r[0]) for name, r in run.ran.items()}
+        plan: list[tuple[str, Callable, list[str | torch.Tensor]]] = []
+        for name in self.order:
+            spec = self.specs[name]
+            if spec.kind == CONTROL or not ran[name]:
+                continue
+            if spec.kind == DUMMY:
+                plan.append((name, self._dummies[name], [INPUT]))
+                continue
+            module = self.nodes[name]
+            skips_zeros = getattr(module, "skips_zero_inputs", False)
+            inputs: list[str | torch.Tensor] = []
+            for edge in spec.inputs:
+                if edge.source == INPUT or ran[edge.source]:
+                    inputs.append(edge.source)
+                elif not (skips_zeros and edge.default == 0):
+                    inputs.append(torch.full_like(run.outputs[edge.source], edge.default))
+            plan.append((name, module, inputs or [torch.zeros_like(run.outputs[name])]))
+        output = self.output_node
+
+        def forward() -> torch.Tensor:
+            values: dict[str, torch.Tensor] = {INPUT: x}
+            for name, module, inputs in plan:
+                values[name] = module(*[values[i] if i.__class__ is str else i for i in inputs])
+            return values[output]
+
+        return forward
 
     def _check_q(self, name: str, q: torch.Tensor) -> None:
         actions = self.specs[name].actions

@@ -396,7 +396,21 @@ class LCNet(WrapsBackbone, DynamicModule):
             x = stage(x)
         return self.fc(torch.flatten(self.pool(x), 1))
 
-    # --- backbone weights ----------------------------------------------------------------------
+    def oracle(self, x: torch.Tensor) -> Callable[[], torch.Tensor] | None:
+        """The latency harness's oracle for `x` (DESIGN §4): the gate heads decide now, and the
+        returned function computes the same logits written out by hand with those decisions
+        and no heads (`reference_impls.lcnet.oracle`). None for bottleneck blocks."""
+        from reference_impls.lcnet.oracle import (
+            forward_with_decisions,
+            record_decisions,
+            supports_oracle,
+        )
+
+        if not supports_oracle(self):
+            return None
+        decisions = record_decisions(self, x)
+        return lambda: forward_with_decisions(self, x, decisions)
+
     # --- cost -------------------------------------------------------------------------------
     def _fixed_macs(self, hw: tuple[int, int]) -> tuple[int, list[tuple[int, int]]]:
         """Stem + classifier MACs, and each block's input size."""

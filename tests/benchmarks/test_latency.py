@@ -621,3 +621,72 @@ def test_merged_rounds_keep_equal_issuing_and_all_attempts():
     assert merged.warmup_calls == 2
     assert [c for c, *_ in merged.attempts] == list(range(12))
     assert merged.first_positions() == [(c * 3) % 4 for c in range(12)]
+
+
+# --- the oracle -----------------------------------------------------------------------------
+
+QUICK = lat.LatencyConfig(batch_sizes=(1, 8), repeats=1, warmup_iters=0, warmup_s=0, min_time_s=0)
+
+
+def _centred(name: str, samples: lat.LatencySampleSet) -> nn.Module:
+    from benchmarks.goldens.inference import calibrate_batchnorm, centre_controllers
+    from benchmarks.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_chans=1).eval()
+    calibrate_batchnorm(model, samples.images)
+    centre_controllers(model, samples.images)
+    return model
+
+
+@pytest.mark.parametrize("name, baseline, oracle_batches", [
+    ("lcnet_c_cifar_resnet20", "cifar_resnet20", [1, 8]),
+    ("d2nn_highlow", "d2nn_highlow_high", [1]),  # a D2NN's oracle is for one image
+])  # fmt: skip
+def test_the_oracle_is_timed_beside_the_model_with_the_same_decisions(name, baseline, oracle_batches):
+    from benchmarks.registry import create_model
+
+    samples = lat.latency_sample_set("digits", count=16)
+    model = _centred(name, samples)
+    assert lat.supports_oracle(model)
+    static = create_model(baseline, num_classes=10, in_chans=1)
+    result = lat.measure_realization(model, static, samples, name, baseline, QUICK, engines=("sparse",), rounds=1)
+    engines = [(r["engine"], r["batch_size"]) for r in result.rows]
+    assert sorted(engines) == sorted([("sparse", 1), ("sparse", 8)] + [("oracle", b) for b in oracle_batches])
+    assert result.dynamic_macs["oracle"] == result.dynamic_macs["sparse"]  # the same decisions
+    by_batch = {r["batch_size"]: r for r in result.rows if r["engine"] == "oracle"}
+    for row in result.rows:
+        oracle = by_batch.get(row["batch_size"])
+        if oracle is None:
+            assert "oracle_realization_ratio" not in row
+        else:
+            assert row["oracle_realization_ratio"] == oracle["realization_ratio"]
+    none = lat.measure_realization(model, static, samples, name, baseline, QUICK, engines=("sparse",),
+                                   rounds=1, oracle=False)  # fmt: skip
+    assert {r["engine"] for r in none.rows} == {"sparse"}
+
+
+def test_an_oracle_must_reproduce_the_model_and_a_model_without_one_is_refused():
+    from tests.benchmarks.test_bench_latency import toy_pair
+
+    model, _ = toy_pair(width=4)
+    with pytest.raises(ConfigError, match="has no oracle"):
+        lat.model_engines(model, ["oracle"])
+    model.oracle = lambda x: (lambda: torch.zeros(x.shape[0], 10))  # not the model's function
+    samples = lat.latency_sample_set("digits", count=16)
+    with pytest.raises(DynbenchError, match="does not reproduce the model's output"):
+        lat.measure_model(model, samples, "toy", QUICK, engines=["oracle"])
+
+
+def test_cli_reports_the_oracle_ratio(tmp_path, capsys):
+    out = tmp_path / "lat"
+    code, stdout, stderr = run_cli(
+        ["latency", "d2nn_highlow", "--dataset", "digits", "--batch", "1", "--engine", "sparse",
+         "--baseline", "d2nn_highlow_high", "--rounds", "1", "--out", str(out), *FAST], capsys,
+    )
+    assert code == 0, stderr
+    with open(out / "realization.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["engine"] for r in rows] == ["sparse", "oracle"]
+    assert float(rows[0]["oracle_realization_ratio"]) == pytest.approx(float(rows[1]["realization_ratio"]))
+    assert "oracle_realization_ratio" in stdout

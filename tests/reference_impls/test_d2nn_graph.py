@@ -412,3 +412,17 @@ def test_a_default_row_written_in_place_is_made_anew(digits):
         first = model(digits[:1], policy={"q": 0})  # b absent: its zero row, then +1 in place
         second = model(digits[:1], policy={"q": 0})
     assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("name", list(DESIGNS))
+def test_the_oracle_calls_the_nodes_that_run_and_nothing_else(name, digits):
+    model = centred(name, digits)
+    assert model.oracle(digits[:2]) is None  # rows of a batch may take different paths
+    for i in range(0, len(digits), 5):
+        x = digits[i : i + 1]
+        with torch.no_grad():
+            oracle = model.oracle(x)
+            assert torch.equal(oracle(), model(x))
+        with torch.no_grad(), trace(batch_size=1) as t:
+            oracle()
+        assert t.macs_controller.item() == 0  # no control node runs

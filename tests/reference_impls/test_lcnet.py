@@ -330,3 +330,29 @@ def test_training_runs_in_the_masked_engine_and_the_sparse_engine_refuses_it(mod
     set_engine(model, "sparse")
     with pytest.raises(RuntimeError, match="runs in eval mode only"):
         model(digits)
+
+
+# --- the oracle (the latency harness's hand-written forward) ---------------------------------
+
+
+@pytest.mark.parametrize("mode", ["l", "c", "lc"])
+def test_the_oracle_computes_the_model_with_its_decisions_made_beforehand(mode, digits):
+    from reference_impls.lcnet.oracle import forward_with_decisions
+
+    model = lcnet(mode)
+    set_engine(model, "sparse")
+    for x in (digits[:1], digits[1:2], digits[:24]):
+        with torch.no_grad():
+            expected = model(x)
+            oracle = model.oracle(x)
+            torch.testing.assert_close(oracle(), expected, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(forward_with_decisions(model, x), expected, rtol=1e-4, atol=1e-5)
+    model.gating = False  # the static backbone: the oracle is the plain network
+    with torch.no_grad():
+        torch.testing.assert_close(model.oracle(digits[:8])(), model(digits[:8]), rtol=1e-4, atol=1e-5)
+
+
+def test_bottleneck_lcnets_have_no_oracle():
+    torch.manual_seed(0)
+    model = create_model("lcnet_c_resnet50", num_classes=10).eval()
+    assert model.oracle(torch.zeros(1, 3, 32, 32)) is None
