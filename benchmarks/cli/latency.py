@@ -88,6 +88,9 @@ def _build(model_name: str, weights: str | None):
               help="Minimum warm-up calls per batch size.")
 @click.option("--min-time-s", type=float, default=DEFAULTS.min_time_s, show_default=True,
               help="Minimum timed duration per batch size.")
+@click.option("--max-time-s", type=float, default=None,
+              help="Cap on the time spent per batch size (warm-up and timing each), for slow "
+                   "models: timing stops after the first whole cycle past it (rows say time_capped).")
 @click.option("--retries", type=int, default=DEFAULTS.retries, show_default=True,
               help="Re-issue a timed call preempted by another process up to N times.")
 @click.option("--samples", type=int, default=DEFAULT_SAMPLE_COUNT, show_default=True,
@@ -123,6 +126,7 @@ def latency(
     warmup_s: float,
     warmup_iters: int,
     min_time_s: float,
+    max_time_s: float | None,
     retries: int,
     samples: int,
     seed: int,
@@ -154,6 +158,7 @@ def latency(
         warmup_iters=warmup_iters,
         warmup_s=warmup_s,
         min_time_s=min_time_s,
+        max_time_s=max_time_s,
         retries=retries,
         dtype=dtype,
         channels_last=channels_last,

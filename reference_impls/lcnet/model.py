@@ -397,18 +397,19 @@ class LCNet(WrapsBackbone, DynamicModule):
         return self.fc(torch.flatten(self.pool(x), 1))
 
     def oracle(self, x: torch.Tensor) -> Callable[[], torch.Tensor] | None:
-        """The latency harness's oracle for `x` (DESIGN §4): the gate heads decide now, and the
-        returned function computes the same logits written out by hand with those decisions
-        and no heads (`reference_impls.lcnet.oracle`). None for bottleneck blocks."""
+        """The latency harness's oracle for `x` (DESIGN §4): the model decides now (its own
+        forward), and the returned function computes the same logits written out by hand with
+        those decisions and no heads (`reference_impls.lcnet.oracle`). None for bottleneck
+        blocks."""
         from reference_impls.lcnet.oracle import (
             forward_with_decisions,
-            record_decisions,
+            model_decisions,
             supports_oracle,
         )
 
         if not supports_oracle(self):
             return None
-        decisions = record_decisions(self, x)
+        decisions = model_decisions(self, x)
         return lambda: forward_with_decisions(self, x, decisions)
 
     # --- cost -------------------------------------------------------------------------------

@@ -690,3 +690,18 @@ def test_cli_reports_the_oracle_ratio(tmp_path, capsys):
     assert [r["engine"] for r in rows] == ["sparse", "oracle"]
     assert float(rows[0]["oracle_realization_ratio"]) == pytest.approx(float(rows[1]["realization_ratio"]))
     assert "oracle_realization_ratio" in stdout
+
+
+def test_a_time_cap_stops_a_slow_model_after_whole_periods_and_says_so():
+    clock = FakeClock()
+    model = Recorder(clock, lambda i: 1_000_000_000)  # one second per call
+    batches = lat.round_robin_batches(positions_images(8), 4)  # a period of 2 calls
+    raw = lat.time_calls(model, batches, batch_size=4, set_size=8, repeats=50, warmup_iters=10, warmup_s=0,
+                         max_time_s=3.0, **fake_timing(clock))  # fmt: skip
+    assert raw.warmup_calls == 3 and raw.capped
+    assert len(raw.timed_ns) == 4 and set(raw.issues) == {2}  # whole periods: equal issuing
+    free = lat.time_calls(model, batches, batch_size=4, set_size=8, repeats=6, warmup_iters=1, warmup_s=0,
+                          **fake_timing(clock))  # fmt: skip
+    assert not free.capped and len(free.timed_ns) == 6
+    with pytest.raises(ConfigError, match="max-time-s"):
+        lat.LatencyConfig(max_time_s=0)

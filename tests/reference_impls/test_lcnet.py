@@ -340,13 +340,14 @@ def test_the_oracle_computes_the_model_with_its_decisions_made_beforehand(mode, 
     from reference_impls.lcnet.oracle import forward_with_decisions
 
     model = lcnet(mode)
-    set_engine(model, "sparse")
-    for x in (digits[:1], digits[1:2], digits[:24]):
-        with torch.no_grad():
-            expected = model(x)
-            oracle = model.oracle(x)
-            torch.testing.assert_close(oracle(), expected, rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(forward_with_decisions(model, x), expected, rtol=1e-4, atol=1e-5)
+    for engine in ("sparse", "masked"):  # the model's own decisions, read from either engine
+        set_engine(model, engine)
+        for x in (digits[:1], digits[1:2], digits[:24]):
+            with torch.no_grad():
+                expected = model(x)
+                oracle = model.oracle(x)
+                torch.testing.assert_close(oracle(), expected, rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(forward_with_decisions(model, x), expected, rtol=1e-4, atol=1e-5)
     model.gating = False  # the static backbone: the oracle is the plain network
     with torch.no_grad():
         torch.testing.assert_close(model.oracle(digits[:8])(), model(digits[:8]), rtol=1e-4, atol=1e-5)
