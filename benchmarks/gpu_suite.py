@@ -59,6 +59,10 @@ PAIRS: tuple[tuple[str, str, dict[str, Any], str, dict[str, Any], dict[str, Any]
     ("fbs_resnet56", "fbs_cifar_resnet56", {}, "cifar_resnet56", {}, {"pad_to": 32}),
     ("early_exit_resnet56", "early_exit_cifar_resnet56", {}, "cifar_resnet56", {}, {"pad_to": 32}),
 )  # fmt: skip
+#: pairs whose controllers are not centred: FBS keeps k channels of every layer by construction
+#: (winner-take-all), and its saliencies are the gates' scales, so centring them only rescales
+#: activations, block after block, until they overflow
+UNCENTRED = {"fbs_resnet56"}
 #: the engines of every dynamic model (the oracle is added where the model has one)
 ENGINES = ("masked", "sparse", "sparse:fastest")
 #: seconds after which no new setting starts (the device's limit is 600 s a call)
@@ -124,7 +128,8 @@ def build_pair(spec: tuple, data_root: str | None, count: int, seed: int = 0) ->
         torch.manual_seed(seed)
         model = create_model(model_id, **common, **kwargs)
         calibrate_batchnorm(model, samples.images)
-        centre_controllers(model, samples.images)
+        if name not in UNCENTRED:
+            centre_controllers(model, samples.images)
         models.append(model.eval())
     return Pair(name, models[0], models[1], dynamic_id, static_id, samples)
 

@@ -19,6 +19,7 @@ checkpoint (`load_backbone_state`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -76,7 +77,52 @@ class BlockSkippingResNet(WrapsBackbone, DynamicModule):
     def run_block(self, i: int, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Block `i` on the rows where `keep` (boolean, or a 0/1 float straight-through gate)
         says so; the other rows take the block's shortcut."""
+        record = self.__dict__.get("_decisions")
+        if record is not None:  # `oracle` is reading this forward's decisions
+            record[i] = keep.detach() != 0
         return self.route(self.blocks[i], h, keep, default=self._defaults[i], unit=f"blocks.{i}")
+
+    @torch.no_grad()
+    def oracle(self, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """The latency harness's oracle for `x` (DESIGN §4): the model decides now (its own
+        forward, every controller), and the returned function runs the backbone with those
+        decisions fixed and no controller: per block, the rows that keep it run it (a Python
+        branch at batch 1; one gather and one scatter with index tensors made here otherwise),
+        the others take its shortcut. It reads nothing back from the device."""
+        record: dict[int, torch.Tensor] = {}
+        self.__dict__["_decisions"] = record
+        try:
+            self(x)
+        finally:
+            del self.__dict__["_decisions"]
+        plans: list[tuple[str, Any, Any]] = []  # (how, rows that run, rows that skip)
+        for i in range(self.num_blocks):
+            keep = record.get(i)
+            if keep is None or bool(keep.all()):
+                plans.append(("run", None, None))
+            elif not bool(keep.any()):
+                plans.append(("skip", None, None))
+            else:
+                plans.append(("some", keep.nonzero().squeeze(1), (~keep).nonzero().squeeze(1)))
+        blocks, defaults = list(self.blocks), self._defaults
+
+        def forward() -> torch.Tensor:
+            h = self.stem(x)
+            for block, default, (how, run, skip) in zip(blocks, defaults, plans, strict=True):
+                if how == "run":
+                    h = block(h)
+                elif how == "skip":
+                    h = h if default is IDENTITY else default(h)
+                else:
+                    y = block(h.index_select(0, run))
+                    if default is IDENTITY:
+                        h = h.index_copy(0, run, y)
+                    else:
+                        d = default(h.index_select(0, skip))
+                        h = y.new_empty((h.shape[0], *y.shape[1:])).index_copy(0, run, y).index_copy(0, skip, d)
+            return self.classify(h)
+
+        return forward
 
     def classify(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(h), 1))

@@ -25,7 +25,7 @@ exit confident enough (BranchyNet, Teerapittayanon et al., ICPR 2016; SDN, Kaya 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -149,6 +149,61 @@ class EarlyExitResNet(DynamicModule):
             self.thresholds = saved
             self.train(was_training)
         return costs
+
+    @torch.no_grad()
+    def oracle(self, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """The latency harness's oracle for `x` (DESIGN §4): the model decides now (its own
+        forward, traced: the exit each sample left at is the last one whose head ran for it),
+        and the returned function runs the blocks for the rows still in, and each exit's head
+        only for the rows that leave there; no confidence is computed. Index tensors are made
+        here, so it reads nothing back from the device."""
+        from benchmarks.routing import trace
+
+        with trace(batch_size=x.shape[0]) as t:
+            self(x)
+        units = t.units_executed
+        n, final = x.shape[0], len(self.heads)
+        exit_of = torch.full((n,), final, dtype=torch.long)
+        for k in reversed(range(len(self.heads))):  # the earliest exit whose head ran, unless it continued
+            none = torch.zeros(n, dtype=torch.bool)
+            left = units.get(f"heads.{k}", none).bool() & ~units.get(f"blocks.{self.exit_after[k] + 1}", none).bool()
+            exit_of[left] = k
+        still = torch.arange(n)  # original rows of the compact batch, in order
+        plan: dict[int, tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for k, after in enumerate(self.exit_after):
+            leaving = exit_of[still] == k
+            if bool(leaving.any()):
+                plan[after] = (k, leaving.nonzero().squeeze(1).to(x.device), (~leaving).nonzero().squeeze(1).to(x.device),
+                               still[leaving].to(x.device))  # fmt: skip
+            still = still[~leaving]
+        rest = still.to(x.device)
+        everyone = bool(len(still) == n)
+        blocks = list(self.blocks)
+
+        def forward() -> torch.Tensor:
+            h = self.stem(x)
+            parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+            for i, block in enumerate(blocks):
+                h = block(h)
+                step = plan.get(i)
+                if step is not None:
+                    k, leave, stay, rows = step
+                    parts.append((rows, self.heads[k](h.index_select(0, leave))))
+                    if stay.numel() == 0:
+                        h = None
+                        break
+                    h = h.index_select(0, stay)
+            if h is not None:
+                z = self._final(h)
+                if everyone:
+                    return z
+                parts.append((rest, z))
+            out = parts[0][1].new_empty((n, parts[0][1].shape[1]))
+            for rows, z in parts:
+                out.index_copy_(0, rows, z)
+            return out
+
+        return forward
 
     def _final(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(h), 1))

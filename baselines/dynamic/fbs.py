@@ -25,11 +25,13 @@ Pruning: Feature Boosting and Suppression", ICLR 2019).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
 from benchmarks.backbones import BackboneKeys, WrapsBackbone, shortcut_of, split_resnet
+from benchmarks.oracle import basic_block_plan, channel_groups, run_basic_block
 from benchmarks.registry import create_model, register_model
 from benchmarks.routing import DynamicModule, GatedConv2d, decide_topk, gated_pair, mark_controller
 
@@ -117,6 +119,28 @@ class FBSResNet(WrapsBackbone, DynamicModule):
             y = b.conv2(b.conv1(h))
             h = torch.relu(y + b.shortcut(h))
         return self.fc(torch.flatten(self.pool(h), 1))
+
+    @torch.no_grad()
+    def oracle(self, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """The latency harness's oracle for `x` (DESIGN §4): the model decides now (its own
+        forward: every block's saliencies and top-k choice), and the returned function runs
+        the backbone with those channels and scales fixed and no predictor, one sliced
+        convolution pair per channel pattern (`benchmarks.oracle`)."""
+        plans = []
+        h = self.stem(x)
+        for block in self.blocks:
+            s = block.predictor(h)  # what the block's forward computes first, on the same input
+            keep = decide_topk(s, block.k, unit="oracle")
+            plans.append(basic_block_plan(None, channel_groups(keep, s)))
+            h = block(h)
+
+        def forward() -> torch.Tensor:
+            out = self.stem(x)
+            for block, plan in zip(self.blocks, plans, strict=True):
+                out = run_basic_block(block, out, plan)
+            return self.fc(torch.flatten(self.pool(out), 1))
+
+        return forward
 
     def saliencies(self) -> list[torch.Tensor]:
         """Every block's saliencies (N, C) of the last forward."""

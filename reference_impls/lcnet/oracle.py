@@ -17,93 +17,34 @@ blocks has no oracle (`supports_oracle`).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from benchmarks.oracle import SKIP, BlockPlan, basic_block_plan, channel_groups, run_basic_block
 from reference_impls.lcnet.model import LCNet, LCNetBlock
 
 
-def _bn(y: torch.Tensor, norm: torch.nn.BatchNorm2d, idx: torch.Tensor | None = None) -> torch.Tensor:
-    def pick(t):
-        return t if idx is None else t[idx]
-
-    return F.batch_norm(y, pick(norm.running_mean), pick(norm.running_var), pick(norm.weight), pick(norm.bias),
-                        False, 0.0, norm.eps)  # fmt: skip
-
-
-def _residual(block: LCNetBlock, x: torch.Tensor, keep_c: torch.Tensor | None, scale_c: torch.Tensor | None) -> torch.Tensor:
-    """conv2(relu(bn1(conv1(x)))·scale) on the kept inner channels `keep_c` (indices) of every row of x."""
-    c1, c2 = block.conv1.conv, block.conv2.conv
-    if keep_c is None:
-        h = F.relu(_bn(F.conv2d(x, c1.weight, None, c1.stride, c1.padding), block.conv1.norm))
-        return _bn(F.conv2d(h, c2.weight, None, c2.stride, c2.padding), block.conv2.norm)
-    h = F.relu(_bn(F.conv2d(x, c1.weight[keep_c], None, c1.stride, c1.padding), block.conv1.norm, keep_c))
-    h = h * scale_c
-    return _bn(F.conv2d(h, c2.weight[:, keep_c], None, c2.stride, c2.padding), block.conv2.norm)
-
-
-_SKIP = {"skip": True}
-
-
-def _plan(block: LCNetBlock, n: int, s: torch.Tensor | None, c: torch.Tensor | None) -> dict:
-    """What one block runs on a batch of `n`, from its gate values: `rows` (indices of the rows
-    that run it; None: all), `groups` (per set of rows sharing a channel pattern: their indices
-    among `rows` or None for all, the kept inner channels, their scales; None: no C-Net) and
-    `scale_s` (the L-Net scale of the rows), or `skip`. Batch 1 decides in Python."""
+def _plan(block: LCNetBlock, n: int, s: torch.Tensor | None, c: torch.Tensor | None) -> BlockPlan:
+    """What one block runs on a batch of `n`, from its gate values: the rows whose L-Net keeps
+    it (and their L-Net scale), and per group of those rows sharing a C-Net channel pattern,
+    the kept channels and their C-Net scales (`benchmarks.oracle`). Batch 1 decides in Python."""
     idx = None
     if s is not None:
         rows = s >= block.tau_l
         if n == 1:
             if not bool(rows[0]):
-                return _SKIP  # the identity (LC-Net never skips downsampling blocks)
+                return SKIP  # the identity (LC-Net never skips downsampling blocks)
         else:
             idx = rows.nonzero().squeeze(1)
             if idx.numel() == 0:
-                return _SKIP
+                return SKIP
             if idx.numel() == n:
                 idx = None
-    plan: dict = {"skip": False, "rows": idx, "groups": None, "scale_s": None}
-    if s is not None:
-        plan["scale_s"] = block.lnet.scale(s if idx is None else s[idx])[:, None, None, None]
+    scale_s = None if s is None else block.lnet.scale(s if idx is None else s[idx])[:, None, None, None]
+    groups = None
     if c is not None:
         # `c` holds every row's gate values, or (from the sparse engine) only the routed rows'
         cs = c if idx is None or c.shape[0] != n else c[idx]
-        if cs.shape[0] == 1:
-            keep_c = (cs[0] >= block.tau_c).nonzero().squeeze(1)
-            plan["groups"] = [(None, keep_c, block.cnet.scale(cs[:, keep_c])[:, :, None, None])]
-        else:
-            patterns, inverse = torch.unique(cs >= block.tau_c, dim=0, return_inverse=True)
-            groups = []
-            for g, pattern in enumerate(patterns):
-                members = None if len(patterns) == 1 else (inverse == g).nonzero().squeeze(1)
-                keep_c = pattern.nonzero().squeeze(1)
-                picked = cs if members is None else cs[members]
-                groups.append((members, keep_c, block.cnet.scale(picked[:, keep_c])[:, :, None, None]))
-            plan["groups"] = groups
-    return plan
-
-
-def _run(block: LCNetBlock, x: torch.Tensor, plan: dict) -> torch.Tensor:
-    """One block on a batch by its plan: index tensors only, no decision and no host read (so
-    that a fixed plan can be captured in a CUDA graph)."""
-    if plan["skip"]:
-        return x
-    idx, groups = plan["rows"], plan["groups"]
-    xs = x if idx is None else x.index_select(0, idx)
-    if groups is None:
-        r = _residual(block, xs, None, None)
-    elif groups[0][0] is None:  # one pattern for every row
-        r = _residual(block, xs, groups[0][1], groups[0][2])
-    else:
-        r = None
-        for members, keep_c, scale_c in groups:
-            part = _residual(block, xs.index_select(0, members), keep_c, scale_c)
-            if r is None:
-                r = part.new_empty((xs.shape[0], *part.shape[1:]))
-            r[members] = part
-    if plan["scale_s"] is not None:
-        r = r * plan["scale_s"]
-    out = F.relu(r + block.shortcut(xs))
-    return out if idx is None else x.index_copy(0, idx, out)
+        groups = channel_groups(cs >= block.tau_c, block.cnet.scale(cs))
+    return basic_block_plan(idx, groups, scale_s)
 
 
 def _gate_values(block: LCNetBlock, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -127,7 +68,7 @@ def forward_with_decisions(model: LCNet, x: torch.Tensor, decisions: list[dict] 
     h = model.stem(x)
     for i, block in enumerate(model.blocks):
         plan = _plan(block, h.shape[0], *_gate_values(block, h)) if decisions is None else decisions[i]
-        h = _run(block, h, plan)
+        h = run_basic_block(block, h, plan)
     return model.fc(torch.flatten(model.pool(h), 1))
 
 
@@ -139,7 +80,7 @@ def record_decisions(model: LCNet, x: torch.Tensor) -> list[dict]:
     for block in model.blocks:
         plan = _plan(block, h.shape[0], *_gate_values(block, h))
         plans.append(plan)
-        h = _run(block, h, plan)
+        h = run_basic_block(block, h, plan)
     return plans
 
 
@@ -164,7 +105,7 @@ def model_decisions(model: LCNet, x: torch.Tensor) -> list[dict]:
     for i, block in enumerate(model.blocks):
         s, c = seen.get((i, "s")), seen.get((i, "c"))
         if not block.gating or (s is None and c is None and block.lnet is not None):
-            plans.append(_SKIP if block.gating else _plan(block, x.shape[0], None, None))
+            plans.append(SKIP if block.gating else _plan(block, x.shape[0], None, None))
             continue
         plans.append(_plan(block, x.shape[0], None if s is None else s.squeeze(1), c))
     return plans

@@ -239,3 +239,52 @@ def test_a_policy_of_another_backbone_is_refused_by_the_method(tmp_path):
     model = method.build_model(method.info)
     with pytest.raises(ConfigError, match="decides 54 blocks, but this backbone has 9"):
         method.start_stage(model, method.stages()[0], method.info)
+
+
+# --- the oracle (the latency harness's plain network with the decisions fixed) ------------
+
+
+@pytest.mark.parametrize("name", ["skipnet_cifar_resnet20", "blockdrop_cifar_resnet20", "convnet_aig_cifar_resnet20"])
+def test_the_block_skipping_oracle_runs_the_models_decisions_without_controllers(name, images):
+    from benchmarks.goldens.inference import calibrate_batchnorm, centre_controllers
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_chans=1).eval()
+    calibrate_batchnorm(model, images)
+    centre_controllers(model, images)
+    set_engine(model, "sparse")
+    for x in (images[:1], images[1:2], images):
+        with torch.no_grad(), trace(batch_size=len(x)) as t:
+            expected = model(x)
+        with torch.no_grad():
+            oracle = model.oracle(x)
+            torch.testing.assert_close(oracle(), expected, rtol=1e-4, atol=1e-5)
+        with torch.no_grad(), trace(batch_size=len(x)) as replay:
+            oracle()
+        assert int(replay.macs_controller.sum()) == 0  # no controller runs
+        # the blocks it runs are the model's: its MACs are the model's less the controllers'
+        # (over the batch: the oracle's gathers are not routing frames, so the trace spreads
+        # them evenly over the rows, rounding each row down)
+        expected_total = int((t.macs_executed - t.macs_controller).sum())
+        assert 0 <= expected_total - int(replay.macs_executed.sum()) < len(x)
+    skipped = [bool(u.any()) and not bool(u.all()) for u in t.units_executed.values()]
+    assert any(skipped)  # the batch mixes decisions: the gather/scatter path ran
+
+
+@pytest.mark.parametrize("name", ["fbs_cifar_resnet20", "early_exit_cifar_resnet20"])
+def test_the_channel_and_exit_oracles_compute_the_model(name, images):
+    from benchmarks.goldens.inference import calibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_chans=1).eval()
+    calibrate_batchnorm(model, images)
+    if name.startswith("early_exit"):  # exits at the median confidence: samples leave at each
+        with torch.no_grad():
+            logits = model.exit_logits(images)[:-1]
+        model.thresholds = [float(z.softmax(1).max(1).values.median()) for z in logits]
+    set_engine(model, "sparse")
+    for x in (images[:1], images[3:4], images):
+        with torch.no_grad():
+            expected = model(x)
+            assert expected.isfinite().all()
+            torch.testing.assert_close(model.oracle(x)(), expected, rtol=1e-4, atol=1e-5)

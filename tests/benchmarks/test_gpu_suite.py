@@ -49,6 +49,7 @@ def test_every_pair_builds_and_its_oracle_reproduces_it():
         x = pair.samples.images[:1]
         with torch.inference_mode():
             assert pair.dynamic(x).shape == pair.static(x).shape
+            assert pair.dynamic(pair.samples.images).isfinite().all(), spec[0]
             oracle = pair.dynamic.oracle(x) if hasattr(pair.dynamic, "oracle") else None
             if oracle is not None:
                 torch.testing.assert_close(oracle(), pair.dynamic(x), rtol=1e-3, atol=1e-4)
