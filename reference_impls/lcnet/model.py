@@ -228,8 +228,14 @@ class LCNetBlock(DynamicModule):
             return self._branch(x, None, pooled)
         s = self.lnet(pooled).squeeze(1)
         self._soft["s"] = s
-        keep = straight_through(s, self.tau_l) if self.training else decide_threshold(s, self.tau_l, unit=self._unit())
-        return self.route(self._branch, x, keep, s, pooled, unit=self._unit())
+        unit = self._unit()
+        if self.training:
+            keep = straight_through(s, self.tau_l)
+        else:
+            keep = decide_threshold(s, self.tau_l, unit=unit)
+            if x.shape[0] == 1 and self.engine == "sparse":
+                keep = bool(keep[0])  # one sample: a Python branch (route reads it back anyway)
+        return self.route(self._branch, x, keep, s, pooled, unit=unit)
 
     def _branch(self, x: torch.Tensor, s: torch.Tensor | None, pooled: torch.Tensor | None) -> torch.Tensor:
         """relu(s · residual(x) + shortcut(x)) on the rows routed here."""
@@ -247,13 +253,15 @@ class LCNetBlock(DynamicModule):
                 gate = self.cnet.scale(c) * in_mask
         if in_mask is not None:  # inference: conv2 reads conv1's kept channels only
             r = gated_pair(self.conv1, self.conv2, x, gate)
+        elif gate is None:
+            r = self.conv2.ungated(self.conv1.ungated(x))
         else:
             r = self.conv2(self.conv1(x, gate=gate))
         if self.conv3 is not None:
-            r = self.conv3(r)
+            r = self.conv3.ungated(r)
         if s is not None:
             r = r * self.lnet.scale(s).view(-1, 1, 1, 1).to(r.dtype)
-        return self.relu(r + self.shortcut(x))
+        return torch.relu(r + self.shortcut(x))  # self.relu's kernel, without a module call
 
     # --- cost -------------------------------------------------------------------------------
     def cost_terms(self, hw: tuple[int, int]) -> dict[str, int]:
