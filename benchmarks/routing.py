@@ -1354,10 +1354,14 @@ class GatedConv2d(DynamicModule):
         hw = self._out_hw(x)
         pp = hw[0] * hw[1] * math.prod(self.conv.kernel_size)
         cost = execution_costs(x.device.type)
-        ro = out_keep.sum(1) if out_keep is not None else None
-        ri = in_keep.sum(1) if in_keep is not None else None
-        per_row = (cout if ro is None else ro) * (cin if ri is None else ri)
-        exact_macs = float(per_row.sum()) if isinstance(per_row, torch.Tensor) else float(per_row * n)
+        if out_keep is not None and in_keep is not None:
+            exact_macs = float((out_keep.sum(1) * in_keep.sum(1)).sum())
+        elif out_keep is not None:  # one reduction where one side is gated
+            exact_macs = float(out_keep.sum()) * cin
+        elif in_keep is not None:
+            exact_macs = float(in_keep.sum()) * cout
+        else:
+            exact_macs = float(n * cout * cin)
         masks = [m for m in (in_keep, out_keep) if m is not None]
         key = masks[0] if len(masks) == 1 else torch.cat(masks, 1)
         patterns = _count_patterns(key)
@@ -1602,6 +1606,37 @@ class GatedConv2d(DynamicModule):
             tr._channels(unit, n_out)
 
 
+def _pair_batch(first: GatedConv2d, second: GatedConv2d, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """`gated_pair` on a batch. With the per-layer choice (`fastest`) the pair chooses once,
+    from the first layer's decision (the second reads the same channels), and where that is
+    the dense execution, the second convolution reads the first's output as it is: its
+    dropped channels are already exact zeros, so masking them again (what the two calls do)
+    would change nothing and cost a pass over the tensor. Both layers are traced as the two
+    calls would be."""
+    if first.execution != "fastest":
+        return second(first(x, gate), None, in_mask=gate != 0)
+    n = x.shape[0]
+    unit1, unit2 = first._name(), second._name()
+    keep, gate_f = _channel_decision(gate, n, first.conv.out_channels, "gate", unit1)
+    _channel_decision(keep, n, second.conv.in_channels, "in_mask", unit2)
+    if keep is None or first._choose(x, keep, None) != "dense":
+        return second(first(x, gate), None, in_mask=keep)
+    first._check_eval(unit1)
+    second._check_eval(unit2)
+    tr = _ACTIVE
+    if tr is not None and tr._device is None:
+        tr._see(x)
+    with _Suppressed(tr):
+        h, n_out, n_in = first._union(x, keep, gate_f, None, dense=True)
+        y, n_out2, n_in2 = second._union(h, None, None, None, dense=True)
+    if tr is not None:
+        first._record_rows(tr, h, keep, None, n_out, n_in, unit1)
+        tr._execution(unit1, "dense")
+        second._record_rows(tr, y, None, keep, n_out2, n_in2, unit2)
+        tr._execution(unit2, "dense")
+    return y
+
+
 def _global_forward_hooks() -> bool:
     """Whether any global module forward (pre-)hook is installed (they see every module call)."""
     from torch.nn.modules import module as _module
@@ -1616,9 +1651,11 @@ def gated_pair(first: GatedConv2d, second: GatedConv2d, x: torch.Tensor, gate: t
     other compactly: no full-width tensor of zeros is filled and gathered back in between. The
     outputs and the trace are those of the two calls."""
     n = x.shape[0]
-    if (first.engine != "sparse" or second.engine != "sparse" or n != 1 or first.depthwise or second.depthwise
+    if (first.engine != "sparse" or second.engine != "sparse" or first.depthwise or second.depthwise
             or first.execution != second.execution or first.training or second.training):  # fmt: skip
         return second(first(x, gate), None, in_mask=gate != 0)
+    if n != 1:
+        return _pair_batch(first, second, x, gate)
     unit1, unit2 = first._name(), second._name()
     keep, gate_f = _channel_decision(gate, n, first.conv.out_channels, "gate", unit1)
     _channel_decision(keep, n, second.conv.in_channels, "in_mask", unit2)

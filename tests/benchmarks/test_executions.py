@@ -140,3 +140,25 @@ def test_gated_pair_hands_the_kept_channels_over_compactly_with_the_same_result_
     assert torch.equal(paired.macs_theoretical, unpaired.macs_theoretical)
     assert {k: v.tolist() for k, v in paired.channels_kept.items()} == {k: v.tolist() for k, v in unpaired.channels_kept.items()}
     assert paired.executions == unpaired.executions == {"a": {"sliced": 1}, "b": {"sliced": 1}}
+
+
+@pytest.mark.parametrize("chosen", EXECUTIONS)
+def test_gated_pair_on_a_batch_chooses_once_and_runs_and_traces_what_the_two_calls_do(chosen, monkeypatch):
+    from benchmarks.routing import gated_pair
+
+    torch.manual_seed(0)
+    first = GatedConv2d(nn.Conv2d(8, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU(), unit="a").eval()
+    second = GatedConv2d(nn.Conv2d(12, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), unit="b").eval()
+    x, gate, _ = _inputs(10)
+    for layer in (first, second):
+        layer.set_engine("sparse")
+        _forced(layer, chosen, monkeypatch)
+    with torch.no_grad(), trace(batch_size=10) as unpaired:
+        expected = second(first(x, gate), None, in_mask=gate != 0)
+    with torch.no_grad(), trace(batch_size=10) as paired:
+        got = gated_pair(first, second, x, gate)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for key in ("macs_executed", "macs_theoretical"):
+        assert torch.equal(getattr(paired, key), getattr(unpaired, key))
+    assert {k: v.tolist() for k, v in paired.channels_kept.items()} == {k: v.tolist() for k, v in unpaired.channels_kept.items()}
+    assert paired.executions == unpaired.executions == {"a": {chosen: 1}, "b": {chosen: 1}}
