@@ -26,8 +26,11 @@ def _builder_accepts(builder: Any, name: str) -> bool:
         return False
 
 
-def build_model(model_name: str, dataset: str, weights: str | None, options: dict | None = None) -> Any:
-    """The registry model for `dataset` (its classes and input channels), with `weights`.
+def build_model(
+    model_name: str, dataset: str, weights: str | None, options: dict | None = None, channels: int | None = None
+) -> Any:
+    """The registry model for `dataset` (its classes and input channels, or `channels` where
+    the images are fitted to another shape), with `weights`.
 
     A weights file with an architecture config beside it (`<name>.json`, as the engine saves
     them) is rebuilt with that config's arguments."""
@@ -36,9 +39,10 @@ def build_model(model_name: str, dataset: str, weights: str | None, options: dic
 
     spec = get_model_spec(model_name)
     info = dataset_info(dataset, options or None)
+    channels = info.input_shape[0] if channels is None else channels
     kwargs: dict[str, Any] = {"num_classes": info.num_classes}
     if _builder_accepts(spec.builder, "in_chans"):
-        kwargs["in_chans"] = info.input_shape[0]
+        kwargs["in_chans"] = channels
     if weights is not None:
         weights_path = Path(weights)
         if weights_path.suffix != ".safetensors":
@@ -60,7 +64,7 @@ def build_model(model_name: str, dataset: str, weights: str | None, options: dic
                 )
             kwargs = dict(arch.get("kwargs", kwargs))
     model = create_model(model_name, **kwargs)
-    _check_channels(model, model_name, dataset, info.input_shape[0])
+    _check_channels(model, model_name, dataset, channels)
     if weights is not None:
         from benchmarks.engine.checkpoint import load_weights
 

@@ -21,6 +21,7 @@ from benchmarks.latency import (
     DEFAULT_SAMPLE_SEED,
     DTYPES,
     LatencyConfig,
+    LatencySampleSet,
     format_table,
     is_dynamic,
     latency_sample_set,
@@ -49,15 +50,13 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
     return items
 
 
-def _build(model_name: str, weights: str | None):
-    from benchmarks.registry import create_model
+def _build(model_name: str, weights: str | None, samples: LatencySampleSet, options: dict):
+    """The model for the timed images: the dataset's classes, the images' channels, and the
+    weights (with their architecture config where the engine saved one), as `dynbench cost`
+    builds it."""
+    from benchmarks.cli.cost import build_model
 
-    model = create_model(model_name)
-    if weights:
-        from benchmarks.engine.checkpoint import load_weights
-
-        load_weights(model, weights)
-    return model
+    return build_model(model_name, samples.dataset, weights, options or None, channels=samples.input_shape[0])
 
 
 @click.command("latency")
@@ -180,10 +179,10 @@ def latency(
     out_dir = Path(out) if out else default_out
     check_writable(out_dir)  # fail on an unwritable folder before minutes of measurement
 
-    model = _build(model_name, weights)
+    model = _build(model_name, weights, sample_set, dataset_options)
     static = None
     if baseline is not None:
-        static = _build(baseline, baseline_weights)
+        static = _build(baseline, baseline_weights, sample_set, dataset_options)
         if is_dynamic(static):
             raise ConfigError(f"--baseline '{baseline}' is a dynamic model; name a static backbone")
     elif baseline_weights:

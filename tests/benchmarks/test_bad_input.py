@@ -3,6 +3,7 @@ left behind (the output tree is compared before and after)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,14 @@ def _finished_run(tmp_path: Path) -> Path:
     return next((out / "runs").iterdir())
 
 
+def _bare_weights(tmp_path: Path) -> Path:
+    """A finished run's weights (a narrower digits_cnn) without the architecture config the
+    engine saves beside them: the default digits_cnn is built, and they do not fit it."""
+    bare = tmp_path / "bare.safetensors"
+    shutil.copy(_finished_run(tmp_path) / "checkpoints" / "best.safetensors", bare)
+    return bare
+
+
 CASES = {
     "non-UTF-8 config": (lambda t: ["train", str(_bytes(t, b"name: t\xff\xfe\n"))], "is not UTF-8 text"),
     "lr .nan": (lambda t: ["train", str(_config(t)), "--set", "train.optimizer.lr=.nan"], "train.optimizer.lr must be a finite number > 0, got nan"),
@@ -60,7 +69,7 @@ CASES = {
     "latency --batch 100000000": (lambda t: ["latency", "digits_cnn", "--batch", "1,100000000"], "batch size 100,000,000 is too large"),
     "latency --warmup-s nan": (lambda t: ["latency", "digits_cnn", "--warmup-s", "nan"], "--warmup-s must be a finite number of seconds"),
     "latency --min-time-s inf": (lambda t: ["latency", "digits_cnn", "--min-time-s", "inf"], "--min-time-s must be a finite number of seconds"),
-    "latency weights of another architecture": (lambda t: ["latency", "digits_cnn", "--weights", str(_finished_run(t) / "checkpoints" / "best.safetensors")], "does not fit the model"),
+    "latency weights of another architecture": (lambda t: ["latency", "digits_cnn", "--weights", str(_bare_weights(t))], "does not fit"),
     "tables --rows on a binary file": (lambda t: ["tables", "--suite", "quick", "--rows", str(_bytes(t, bytes(range(256)) * 8)), "--out", str(t / "tables")], "is not a CSV of result rows"),
     "tables --published /dev/null": (lambda t: ["tables", "--suite", "baselines", "--published", "/dev/null", "--out", str(t / "tables")], "is not a regular file"),
     "nonexistent --data-root": (lambda t: ["train", str(_config(t)), "--data-root", str(t / "no_data_here")], "does not exist or is not a folder"),

@@ -705,3 +705,12 @@ def test_a_time_cap_stops_a_slow_model_after_whole_periods_and_says_so():
     assert not free.capped and len(free.timed_ns) == 6
     with pytest.raises(ConfigError, match="max-time-s"):
         lat.LatencyConfig(max_time_s=0)
+
+
+def test_cli_times_a_trained_run_with_the_architecture_saved_beside_its_weights(tmp_path, capsys):
+    from tests.benchmarks.test_bad_input import _finished_run
+
+    weights = _finished_run(tmp_path) / "checkpoints" / "best.safetensors"  # a narrower digits_cnn
+    code, _, stderr = run_cli(["latency", "digits_cnn", "--weights", str(weights), "--batch", "8",
+                               "--out", str(tmp_path / "lat"), *FAST], capsys)  # fmt: skip
+    assert code == 0, stderr
