@@ -583,7 +583,9 @@ class D2NN(DynamicModule):
     @staticmethod
     def _edge_value(edge: DataEdge, outputs: dict, ran: dict) -> torch.Tensor:
         value, present = outputs[edge.source], ran[edge.source]
-        if edge.default is None or bool(present.all()):
+        # a node's output already holds zeros where it did not run (`_route` fills them), so a
+        # default of 0 needs no fill
+        if edge.default is None or edge.default == 0 or bool(present.all()):
             return value
         mask = present.view(-1, *([1] * (value.dim() - 1)))
         return torch.where(mask, value, torch.full_like(value, edge.default))
