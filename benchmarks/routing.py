@@ -882,15 +882,16 @@ def route(
     selection does not call the module at all, a full one calls it on `x` itself (no copy).
     Masked engine: calls the module on every row and selects (or blends) by the decision.
     """
-    unit = unit or getattr(module, "__name__", None) or type(module).__name__
-    engine = DEFAULT_ENGINE if engine is None else _check_engine(engine)
-    n = x.shape[0]
-    if keep is True and n == 1 and engine == "sparse" and _ACTIVE is None and not isinstance(default, torch.Tensor):
+    if (keep is True and _ACTIVE is None and (engine or DEFAULT_ENGINE) == "sparse" and x.shape[0] == 1
+            and not isinstance(default, torch.Tensor)):  # fmt: skip
         # batch 1, decided in Python to run, outside a trace: nothing to gather or record
         for extra in rows:
             if extra.__class__ is not torch.Tensor or extra.dim() == 0 or extra.shape[0] != 1:
-                _check_rows(unit, extra, 1, "every per-row input")
+                _check_rows(unit or "route", extra, 1, "every per-row input")
         return module(x, *rows)
+    unit = unit or getattr(module, "__name__", None) or type(module).__name__
+    engine = DEFAULT_ENGINE if engine is None else _check_engine(engine)
+    n = x.shape[0]
     if keep is True or keep is False:
         if n != 1:
             raise ValueError(

@@ -422,7 +422,10 @@ class D2NN(DynamicModule):
         if not return_run and epsilon == 0 and x.shape[0] == 1 and self.engine == "sparse":
             seen = self._outputs_seen.get((tuple(x.shape[1:]), x.device, x.dtype))
             if seen is not None:
-                return self._walk_one(x, policy if policy == "greedy" else self._check_policy(policy), seen)
+                if policy == "greedy":
+                    return self._greedy_walk()(x, self.nodes._modules, seen, active_trace() is not None,
+                                               torch.is_grad_enabled())  # fmt: skip
+                return self._walk_one(x, self._check_policy(policy), seen)
         run = self.run(x, policy=policy, epsilon=epsilon, generator=generator)
         return run if return_run else run.output
 
@@ -492,6 +495,77 @@ class D2NN(DynamicModule):
             cached = self.__dict__["_steps_cache"] = (prefix, steps)
         return cached[1]
 
+    def _greedy_walk(self) -> Callable[..., torch.Tensor]:
+        """`_walk_one` under the greedy policy, written out for this graph as straight-line
+        Python (one `if` per gate and per required input, as a hand-written network branches;
+        no loop over nodes, no per-node lookups), generated once per unit prefix. The source is
+        kept as `model._greedy_walk_source`. Same calls, outputs and trace records."""
+        prefix = self.__dict__.get("_dynbench_prefix", "")
+        cached = self.__dict__.get("_greedy_walk_cache")
+        if cached is not None and cached[0] == prefix:
+            return cached[1]
+        names: dict[str, str] = {INPUT: "x"}  # node -> the local holding its output (None: did not run)
+        actions: dict[str, str] = {}  # control -> the local holding its action (None: not reached)
+        defaults: list[tuple[str, float]] = []  # (source, default) of each constant row read
+        lines = ["def walk(x, modules, seen, tracing, detach):"]
+        for i, (name, kind, edges, gate, unit, skips_zeros) in enumerate(self._steps()):
+            out = f"a{i}" if kind == CONTROL else f"v{i}"
+            conds = [] if gate is None else [f"{actions[gate[0]]} == {int(gate[1])}"]
+            conds += [f"{names[src]} is not None" for src, default, _ in edges if default is None and src != INPUT]
+            args: list[str] = []
+            optional: list[str] = []  # inputs of a sum that may be absent (default 0): left out
+            for src, default, _ in edges:
+                local = names[src]
+                if default is None or src == INPUT:
+                    args.append(local)
+                elif skips_zeros and default == 0:
+                    optional.append(local)
+                else:
+                    defaults.append((src, float(default)))
+                    args.append(f"({local} if {local} is not None else const(seen, K[{len(defaults) - 1}], x))")
+            body: list[str] = []
+            if optional:
+                defaults.append((edges[0][0], 0.0))
+                body.append(f"args = [v for v in ({', '.join(args + optional)},) if v is not None] "
+                            f"or [const(seen, K[{len(defaults) - 1}], x)]")  # fmt: skip
+                call_args = "args[0], True, *args[1:]"
+            elif kind == DUMMY:
+                call_args = "x, True"
+            else:
+                call_args = ", ".join([args[0], "True", *args[1:]])
+            if kind == CONTROL:
+                call = f"route(modules[{name!r}], {{}}, default=0.0, unit={unit!r}, engine='sparse')"
+                detached = ", ".join([f"{args[0]}.detach()", "True", *(f"{a}.detach()" for a in args[1:])])
+                body.append(f"q = {call.format(detached)} if detach else {call.format(call_args)}")
+                actions_n = self.specs[name].actions
+                body.append(f"if q.dim() != 2 or q.shape[1] != {actions_n}: check_q({name!r}, q)")
+                body.append(f"{out} = int(decide_argmax(q.detach() if detach else q, unit={unit!r}))")
+            else:
+                module = f"dummies[{name!r}]" if kind == DUMMY else f"modules[{name!r}]"
+                body.append(f"{out} = route({module}, {call_args}, default=0.0, unit={unit!r}, engine='sparse')")
+            if conds:
+                lines.append(f"    if {' and '.join(conds)}:")
+                lines += [f"        {b}" for b in body]
+                lines.append("    else:")
+                lines.append(f"        {out} = None")
+                lines.append(f"        if tracing: skip({unit!r})")
+            else:
+                lines += [f"    {b}" for b in body]
+            (actions if kind == CONTROL else names)[name] = out
+        output = names[self.output_node]
+        lines.append(f"    if {output} is None: output_missing([0])")
+        lines.append(f"    return {output}")
+        source = "\n".join(lines) + "\n"
+        namespace = {
+            "route": route, "skip": skip, "decide_argmax": decide_argmax, "check_q": self._check_q,
+            "output_missing": self._output_missing, "const": self._kept_row, "K": tuple(defaults),
+            "dummies": self._dummies,
+        }  # fmt: skip
+        exec(compile(source, f"<D2NN greedy walk {prefix or 'model'}>", "exec"), namespace)
+        self.__dict__["_greedy_walk_source"] = source
+        self.__dict__["_greedy_walk_cache"] = (prefix, namespace["walk"])
+        return namespace["walk"]
+
     def _walk_one(self, x: torch.Tensor, policy: Policy, seen: dict) -> torch.Tensor:
         """One image in the sparse engine: the walk of `run` on Python booleans and actions, as
         a hand-written network branches: a node that does not run costs a dict lookup (and a
@@ -557,6 +631,14 @@ class D2NN(DynamicModule):
         if out is None:
             self._output_missing([0])
         return out
+
+    @classmethod
+    def _kept_row(cls, seen: dict, key: tuple[str, float], x: torch.Tensor) -> torch.Tensor:
+        """`_constant_row` by its (source, default) key."""
+        kept = seen.get(key)
+        if kept is not None and kept[0]._version == kept[1]:
+            return kept[0]
+        return cls._constant_row(seen, key[0], key[1], x)
 
     @staticmethod
     def _constant_row(seen: dict, source: str, default: float, x: torch.Tensor) -> torch.Tensor:

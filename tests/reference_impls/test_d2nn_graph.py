@@ -426,3 +426,21 @@ def test_the_oracle_calls_the_nodes_that_run_and_nothing_else(name, digits):
         with torch.no_grad(), trace(batch_size=1) as t:
             oracle()
         assert t.macs_controller.item() == 0  # no control node runs
+
+
+def test_the_batch_1_walk_follows_unit_names_given_later(digits):
+    """`name_units` on a parent renames the graph's units after the walk was first generated:
+    the walk is generated again, and the trace names the units as the general walk does."""
+    from benchmarks.routing import name_units
+
+    model = centred("d2nn_highlow", digits)
+    x = digits[:1]
+    with torch.no_grad():
+        model(digits[:2])
+        model(x)  # generated under the bare names
+    parent = nn.Sequential(model)
+    name_units(parent)
+    _, fast = _traced(lambda v: model(v), x)
+    _, general = _traced(lambda v: model.run(v).output, x)
+    assert set(fast["units"]) == set(general["units"]) and all(u.startswith("0.") for u in fast["units"])
+    assert "route(" in model._greedy_walk_source
