@@ -568,19 +568,30 @@ class _FunctionCounter(TorchFunctionMode):
 
 
 class _Suppressed:
-    """Primitives report their own costs exactly; their internal calls are not counted."""
+    """Primitives report their own costs exactly; their internal calls are not counted. Under
+    the `functions` counter the torch-function layer is switched off for the block as well:
+    an uncounted call would otherwise still pay the counter's interception (about a
+    microsecond a call)."""
 
-    __slots__ = ("tr",)
+    __slots__ = ("tr", "off")
 
     def __init__(self, tr: Trace | None):
         self.tr = tr
+        self.off: Any = None
 
     def __enter__(self) -> None:
-        if self.tr is not None:
-            self.tr._suppress += 1
+        tr = self.tr
+        if tr is not None:
+            tr._suppress += 1
+            if tr._mode is not None:
+                self.off = torch._C.DisableTorchFunction()
+                self.off.__enter__()
 
     def __exit__(self, *exc: Any) -> None:
         if self.tr is not None:
+            if self.off is not None:
+                self.off.__exit__(None, None, None)
+                self.off = None
             self.tr._suppress -= 1
 
 
@@ -766,8 +777,9 @@ def decide_threshold(score: torch.Tensor, tau: float, *, unit: str) -> torch.Ten
     keep = score >= tau
     tr = _ACTIVE
     if tr is not None:
-        margin = (score.detach() - tau).abs()
-        tr._margin(unit, margin.reshape(margin.shape[0], -1).amin(1) if margin.dim() > 1 else margin)
+        with _Suppressed(tr):  # the record is the trace's work, not the model's
+            margin = (score.detach() - tau).abs()
+            tr._margin(unit, margin.reshape(margin.shape[0], -1).amin(1) if margin.dim() > 1 else margin)
     return keep
 
 
@@ -778,14 +790,15 @@ def decide_argmax(values: torch.Tensor, *, unit: str, where: torch.Tensor | None
     action = values.argmax(1)
     tr = _ACTIVE
     if tr is not None and values.shape[0]:
-        if values.shape[1] > 1:
-            top = values.detach().topk(2, dim=1).values
-            margin = top[:, 0] - top[:, 1]
-        else:
-            margin = torch.full((values.shape[0],), math.inf, device=values.device)
-        if where is not None:
-            margin = torch.where(where, margin, torch.full_like(margin, math.inf))
-        tr._margin(unit, margin)
+        with _Suppressed(tr):  # the record is the trace's work, not the model's
+            if values.shape[1] > 1:
+                top = values.detach().topk(2, dim=1).values
+                margin = top[:, 0] - top[:, 1]
+            else:
+                margin = torch.full((values.shape[0],), math.inf, device=values.device)
+            if where is not None:
+                margin = torch.where(where, margin, torch.full_like(margin, math.inf))
+            tr._margin(unit, margin)
     return action
 
 
@@ -804,11 +817,12 @@ def decide_topk(scores: torch.Tensor, k: int, *, unit: str) -> torch.Tensor:
     keep.scatter_(1, top.indices[:, :k], True)
     tr = _ACTIVE
     if tr is not None and scores.shape[0]:
-        if k < channels:
-            margin = top.values[:, k - 1] - top.values[:, k]
-        else:
-            margin = torch.full((scores.shape[0],), math.inf, device=scores.device)
-        tr._margin(unit, margin)
+        with _Suppressed(tr):  # the record is the trace's work, not the model's
+            if k < channels:
+                margin = top.values[:, k - 1] - top.values[:, k]
+            else:
+                margin = torch.full((scores.shape[0],), math.inf, device=scores.device)
+            tr._margin(unit, margin)
     return keep
 
 
@@ -1268,6 +1282,13 @@ class GatedConv2d(DynamicModule):
     ) -> torch.Tensor:
         if gate is None and in_mask is None and _ACTIVE is None and not self.training and not torch.is_grad_enabled():
             return self._dense(x, None, None, None)  # no decision, no trace: the plain layer
+        tr = _ACTIVE
+        if tr is None:
+            return self._forward(x, gate, in_mask)
+        with _Suppressed(tr):  # it reports its own costs: nothing in it is the counter's to count
+            return self._forward(x, gate, in_mask)
+
+    def _forward(self, x: torch.Tensor, gate: torch.Tensor | None, in_mask: torch.Tensor | None) -> torch.Tensor:
         n = x.shape[0]
         unit = self._name()
         out_keep, gate_f = _channel_decision(gate, n, self.conv.out_channels, "gate", unit)
