@@ -419,13 +419,11 @@ class D2NN(DynamicModule):
         every gated node is enabled), or a mapping {control: action} forcing those controls'
         actions for every sample (forced controls do not run; the others are greedy).
         """
-        if not return_run and epsilon == 0 and x.shape[0] == 1 and self.engine == "sparse":
+        if not return_run and epsilon == 0 and policy == "greedy" and x.shape[0] == 1 and self.engine == "sparse":
             seen = self._outputs_seen.get((tuple(x.shape[1:]), x.device, x.dtype))
             if seen is not None:
-                if policy == "greedy":
-                    return self._greedy_walk()(x, self.nodes._modules, seen, active_trace() is not None,
-                                               torch.is_grad_enabled())  # fmt: skip
-                return self._walk_one(x, self._check_policy(policy), seen)
+                return self._greedy_walk()(x, self.nodes._modules, seen, active_trace() is not None,
+                                           torch.is_grad_enabled())  # fmt: skip
         run = self.run(x, policy=policy, epsilon=epsilon, generator=generator)
         return run if return_run else run.output
 
@@ -479,27 +477,15 @@ class D2NN(DynamicModule):
             "the data edges into it default values, or make every path reach it"
         )
 
-    def _steps(self) -> list[tuple[str, str, tuple, tuple[str, int] | None, str, bool]]:
-        """The walk as (node, kind, data edges as (source, default, key of its constant row),
-        gate as (control, action), unit, whether an absent input that defaults to 0 can be left
-        out), built once per unit prefix (`name_units` may rename the units later)."""
-        prefix = self.__dict__.get("_dynbench_prefix", "")
-        cached = self.__dict__.get("_steps_cache")
-        if cached is None or cached[0] != prefix:
-            steps = [
-                (name, spec.kind, tuple((e.source, e.default, (e.source, e.default)) for e in spec.inputs),
-                 None if spec.gate is None else (spec.gate.control, spec.gate.action), self._unit(name),
-                 getattr(self.nodes[name], "skips_zero_inputs", False) if name in self.nodes else False)
-                for name, spec in ((n, self.specs[n]) for n in self.order)
-            ]  # fmt: skip
-            cached = self.__dict__["_steps_cache"] = (prefix, steps)
-        return cached[1]
-
     def _greedy_walk(self) -> Callable[..., torch.Tensor]:
-        """`_walk_one` under the greedy policy, written out for this graph as straight-line
-        Python (one `if` per gate and per required input, as a hand-written network branches;
-        no loop over nodes, no per-node lookups), generated once per unit prefix. The source is
-        kept as `model._greedy_walk_source`. Same calls, outputs and trace records."""
+        """One image in the sparse engine under the greedy policy: the walk of `run` on Python
+        values, written out for this graph as straight-line Python (one `if` per gate and per
+        required input, as a hand-written network branches), generated once per unit prefix and
+        kept as `model._greedy_walk_source`. A node that does not run costs a test (and a
+        `skip` record inside a trace); a node that runs goes through `route` with a Python
+        decision; a default edge from a node that did not run reads a constant row of the
+        output shape an earlier `run` recorded. Same outputs, decisions and trace records as
+        `run`."""
         prefix = self.__dict__.get("_dynbench_prefix", "")
         cached = self.__dict__.get("_greedy_walk_cache")
         if cached is not None and cached[0] == prefix:
@@ -508,13 +494,16 @@ class D2NN(DynamicModule):
         actions: dict[str, str] = {}  # control -> the local holding its action (None: not reached)
         defaults: list[tuple[str, float]] = []  # (source, default) of each constant row read
         lines = ["def walk(x, modules, seen, tracing, detach):"]
-        for i, (name, kind, edges, gate, unit, skips_zeros) in enumerate(self._steps()):
+        for i, name in enumerate(self.order):
+            spec, unit = self.specs[name], self._unit(name)
+            kind, edges, gate = spec.kind, [(e.source, e.default) for e in spec.inputs], spec.gate
+            skips_zeros = getattr(self.nodes[name], "skips_zero_inputs", False) if name in self.nodes else False
             out = f"a{i}" if kind == CONTROL else f"v{i}"
-            conds = [] if gate is None else [f"{actions[gate[0]]} == {int(gate[1])}"]
-            conds += [f"{names[src]} is not None" for src, default, _ in edges if default is None and src != INPUT]
+            conds = [] if gate is None else [f"{actions[gate.control]} == {int(gate.action)}"]
+            conds += [f"{names[src]} is not None" for src, default in edges if default is None and src != INPUT]
             args: list[str] = []
             optional: list[str] = []  # inputs of a sum that may be absent (default 0): left out
-            for src, default, _ in edges:
+            for src, default in edges:
                 local = names[src]
                 if default is None or src == INPUT:
                     args.append(local)
@@ -558,7 +547,7 @@ class D2NN(DynamicModule):
         source = "\n".join(lines) + "\n"
         namespace = {
             "route": route, "skip": skip, "decide_argmax": decide_argmax, "check_q": self._check_q,
-            "output_missing": self._output_missing, "const": self._kept_row, "K": tuple(defaults),
+            "output_missing": self._output_missing, "const": self._constant_row, "K": tuple(defaults),
             "dummies": self._dummies,
         }  # fmt: skip
         exec(compile(source, f"<D2NN greedy walk {prefix or 'model'}>", "exec"), namespace)
@@ -566,91 +555,17 @@ class D2NN(DynamicModule):
         self.__dict__["_greedy_walk_cache"] = (prefix, namespace["walk"])
         return namespace["walk"]
 
-    def _walk_one(self, x: torch.Tensor, policy: Policy, seen: dict) -> torch.Tensor:
-        """One image in the sparse engine: the walk of `run` on Python booleans and actions, as
-        a hand-written network branches: a node that does not run costs a dict lookup (and a
-        `skip` record inside a trace), a node that runs goes through `route` with a Python
-        decision. Same outputs, decisions and trace records as `run`. `seen` holds every node's
-        output row shape for inputs like `x` (filled by an earlier `run`): a default edge from
-        a node that did not run reads a constant row of that shape."""
-        modules = self.nodes._modules
-        values: dict[str, torch.Tensor] = {INPUT: x}
-        actions: dict[str, int] = {}
-        decided = policy == "all" or isinstance(policy, dict)  # some controls do not run
-        detach = torch.is_grad_enabled()  # the Q-loss must not reach regular nodes
-        tracing = active_trace() is not None
-        for name, kind, edges, gate, unit, skips_zeros in self._steps():
-            if gate is not None:
-                action = actions.get(gate[0])
-                if action is None or (action != gate[1] and action != ALL_ACTIONS):
-                    if tracing and kind != CONTROL:
-                        skip(unit)
-                    continue
-            inputs: list[torch.Tensor] | None = []
-            for source, default, default_key in edges:
-                value = values.get(source)
-                if value is None:
-                    if default is None:
-                        inputs = None
-                        break
-                    if skips_zeros and default == 0:
-                        continue
-                    kept = seen.get(default_key)
-                    if kept is not None and kept[0]._version == kept[1]:
-                        value = kept[0]
-                    else:
-                        value = self._constant_row(seen, source, default, x)
-                inputs.append(value)
-            if kind == CONTROL:
-                if decided and (policy == "all" or name in policy):
-                    if inputs is not None:
-                        actions[name] = ALL_ACTIONS if policy == "all" else int(policy[name])
-                    continue
-                if inputs is None:
-                    if tracing:
-                        skip(unit)
-                    continue
-                if detach:
-                    inputs = [v.detach() for v in inputs]
-                q = route(modules[name], inputs[0], True, *inputs[1:], default=0.0, unit=unit, engine="sparse")
-                self._check_q(name, q)
-                actions[name] = int(decide_argmax(q.detach() if detach else q, unit=unit))
-                continue
-            if inputs is None:
-                if tracing:
-                    skip(unit)
-                continue
-            if skips_zeros and not inputs:  # a sum of nothing but zeros
-                inputs = [self._constant_row(seen, edges[0][0], 0.0, x)]
-            if kind == DUMMY:
-                y = route(self._dummies[name], x, True, default=0.0, unit=unit, engine="sparse")
-            else:
-                y = route(modules[name], inputs[0], True, *inputs[1:], default=0.0, unit=unit, engine="sparse")
-            values[name] = y
-        out = values.get(self.output_node)
-        if out is None:
-            self._output_missing([0])
-        return out
-
-    @classmethod
-    def _kept_row(cls, seen: dict, key: tuple[str, float], x: torch.Tensor) -> torch.Tensor:
-        """`_constant_row` by its (source, default) key."""
-        kept = seen.get(key)
-        if kept is not None and kept[0]._version == kept[1]:
-            return kept[0]
-        return cls._constant_row(seen, key[0], key[1], x)
-
     @staticmethod
-    def _constant_row(seen: dict, source: str, default: float, x: torch.Tensor) -> torch.Tensor:
-        """The default value of `source`'s output for one absent row, kept between calls (a
-        consumer that wrote into it in place bumps its version: it is then made anew)."""
-        key = (source, default)
+    def _constant_row(seen: dict, key: tuple[str, float], x: torch.Tensor) -> torch.Tensor:
+        """The default value (source, default) = `key` of a node's output for one absent row,
+        kept between calls (a consumer that wrote into it in place bumps its version: it is
+        then made anew)."""
         kept = seen.get(key)
         if kept is not None and kept[0]._version == kept[1]:
             return kept[0]
-        shape, dtype = seen[source]
+        shape, dtype = seen[key[0]]
         with torch.inference_mode(False):  # a normal tensor: its version counts in-place writes
-            value = x.new_full((1, *shape), default, dtype=dtype)
+            value = x.new_full((1, *shape), key[1], dtype=dtype)
         seen[key] = (value, value._version)
         return value
 

@@ -365,8 +365,9 @@ POLICIES = ["greedy", "all"]
 @pytest.mark.parametrize("policy", POLICIES + ["forced"])
 @pytest.mark.parametrize("name", list(DESIGNS))
 def test_the_batch_1_walk_runs_and_records_what_the_general_walk_does(name, policy, digits):
-    """`forward` on one image branches in Python (`D2NN._walk_one`); `run` is the general walk
-    over masks. Same output bit for bit, same decisions, same trace records, image by image."""
+    """`forward` on one image under the greedy policy branches in Python (`D2NN._greedy_walk`);
+    `run` is the general walk over masks (forced policies take it too). Same output bit for
+    bit, same decisions, same trace records, image by image."""
     model = centred(name, digits)
     if policy == "forced":
         policy = {model.controls[0]: 1}
