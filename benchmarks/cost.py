@@ -665,7 +665,7 @@ def measure_cost(
     with evaluation(model):
         for images, targets in batches:
             x = images.to(target_device)
-            with trace(batch_size=len(x), counter=counter, cache=cache) as t:
+            with trace(batch_size=len(x), counter=counter, cache=cache, model=model) as t:
                 output = model(x)
             for column in _MAC_COLUMNS:
                 columns[column].append(getattr(t, column))

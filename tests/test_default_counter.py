@@ -1,7 +1,10 @@
 """The default counter is complete: on every registered model family (its inference-golden
 case, sparse engine, each image alone) and on timm's transformers (explicit attention paths,
 which torch.utils.flop_counter sees), `trace()` without arguments counts exactly
-FlopCounterMode's FLOPs / 2. A newly registered family gets a golden case and so this check."""
+FlopCounterMode's FLOPs / 2. A newly registered family gets a golden case and so this check.
+The harness's traces replay the counts of a model's static parts (`trace(cache=, model=)`):
+on every family and transformer they report exactly what a trace intercepting every call
+reports."""
 
 from __future__ import annotations
 
@@ -39,6 +42,36 @@ def test_the_default_counter_equals_the_flop_counter_on_every_family(case):
         assert int(t.macs_executed[0]) == counter.get_total_flops() // 2, f"{case.name}, image {i}"
 
 
+def _record(t) -> dict:
+    return {
+        "executed": t.macs_executed.tolist(), "theoretical": t.macs_theoretical.tolist(),
+        "controller": t.macs_controller.tolist(), "by_kind": t.macs_by_kind,
+        "other": {k: v.tolist() for k, v in t.other_ops.items()},
+        "units": {k: v.tolist() for k, v in t.units_executed.items()},
+        "channels": {k: v.tolist() for k, v in t.channels_kept.items()},
+    }  # fmt: skip
+
+
+def _assert_replay_counts_what_interception_counts(model: torch.nn.Module, batches: list, label: str) -> None:
+    cache: dict = {}
+    for i, x in enumerate(batches):
+        with torch.no_grad(), trace(cache=cache, model=model) as replayed:
+            model(x)
+        with torch.no_grad(), trace() as intercepted:
+            model(x)
+        assert _record(replayed) == _record(intercepted), f"{label}, batch {i}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_replayed_static_parts_count_the_same_on_every_family(case):
+    images = inference.load_inputs(case)
+    model = inference.build_instance(case, images).eval()
+    if is_dynamic(model):
+        set_engine(model, "sparse")
+    singles = [images[i : i + 1] for i in range(min(3, len(images)))]
+    _assert_replay_counts_what_interception_counts(model, [*singles, images, *singles, images], case.name)
+
+
 TRANSFORMERS = ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224",
                 "eva02_tiny_patch14_224", "cait_xxs24_224", "levit_128s"]  # fmt: skip
 
@@ -53,3 +86,12 @@ def test_the_default_counter_equals_the_flop_counter_on_timm_transformers(name, 
     model = timm.create_model(name, pretrained=False, num_classes=10).eval()
     x = torch.randn(1, 3, 224, 224)
     assert count_macs(model, x).macs == _flop_counter_macs(model, x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_replayed_static_parts_count_the_same_on_timm_transformers(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 224, 224)
+    _assert_replay_counts_what_interception_counts(model, [x[:1], x, x[1:], x], name)

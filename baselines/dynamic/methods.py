@@ -166,10 +166,11 @@ class EarlyExitMethod(Method):
         routing trace, ICs included) and macs_ratio (over the static backbone's MACs)."""
         net = _unwrap(model)
         tally, loss_sum, macs, reference = Tally(), 0.0, 0.0, None
+        costs: dict = {}  # the static parts' counts, replayed across the batches
         for images, y in batches:
             if reference is None:
                 reference = net.backbone_macs(images[:1])
-            with trace(batch_size=len(images)) as t:
+            with trace(batch_size=len(images), cache=costs, model=net) as t:
                 logits = net(images)
             macs += float(t.macs_executed.sum())
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
@@ -231,11 +232,12 @@ def routed_metrics(net: nn.Module, batches, metric: str) -> dict[str, float]:
     engine = getattr(net, "engine", "sparse")
     set_engine(net, "masked")
     tally, loss_sum, macs, runs, reference = Tally(), 0.0, 0.0, 0.0, None
+    costs: dict = {}  # the static parts' counts, replayed across the batches
     try:
         for images, y in batches:
             if reference is None:
                 reference = static_backbone_macs(net, images[:1])
-            with trace(batch_size=len(images)) as t:
+            with trace(batch_size=len(images), cache=costs, model=net) as t:
                 logits = net(images)
             macs += float(t.macs_theoretical.sum())
             blocks = [v for k, v in t.units_executed.items() if k.startswith("blocks.")]

@@ -130,6 +130,8 @@ def _observe(model: nn.Module, images: torch.Tensor, engine: str | None) -> dict
 
     if engine is not None and is_dynamic(model):
         set_engine(model, engine)
+    # every call intercepted (no replay of static parts): a submitted model is not trusted to
+    # keep its input-dependent choices inside the routing primitives
     with trace(batch_size=len(images), counter="functions") as t:
         logits = _logits(model(images))
     if logits is None or logits.dim() != 2:

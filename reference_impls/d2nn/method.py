@@ -141,10 +141,11 @@ class D2NNStaticMethod(Method):
         loss_sum = macs = theoretical = 0.0
         scored = 0
         reference = None
+        costs: dict = {}  # the static parts' counts, replayed across the batches
         for images, targets in batches:
             if isinstance(model, D2NN) and reference is None:
                 reference = model.reference_macs(images[:1])
-            with trace(batch_size=len(images)) as t:
+            with trace(batch_size=len(images), cache=costs, model=model) as t:
                 logits = model(images)
             macs += float(t.macs_executed.sum())
             theoretical += float(t.macs_theoretical.sum())

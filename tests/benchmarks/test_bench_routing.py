@@ -2,11 +2,15 @@
 
 A fixed batch of real test images at CIFAR resolution (Fashion-MNIST padded to 32×32 where
 the data is installed, else digits padded to 32×32; 64 images, and batch 1), CPU, one thread,
-eval mode under no_grad; the plain and traced calls are interleaved so that machine noise hits both alike,
-and the ratio of medians is reported (target <= 1.10 at evaluation batch sizes). The traced
-call includes reading the per-sample tensors; the trace counts with its default (`functions`)
-counter. Models: the static `cifar_resnet56` and the ResNet-56-sized toy L-Net (block skipping through sample
-routing, sparse engine). Run with `tox -e bench` (or `pytest -m benchmark --benchmark-only`).
+eval mode under no_grad; the plain and traced calls are interleaved so that machine noise hits
+both alike, and the ratio of medians is reported (targets: <= 1.05 at batch 1, <= 1.02 at
+batch 64). The traced call includes reading the per-sample tensors; the trace counts with its
+default (`functions`) counter, as the harness traces: with a measurement run's cache and the
+model, so that the counts of the model's static parts are replayed (`traced/plain`); the same
+trace intercepting every call is reported beside it (`intercepted/plain`). Models: the static
+`cifar_resnet56`, the ResNet-56-sized toy L-Net (block skipping through sample routing) and
+LC-Net L on ResNet-56 (controllers centred on val images so that about half the blocks run;
+sparse engine). Run with `tox -e bench` (or `pytest -m benchmark --benchmark-only`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ pytestmark = pytest.mark.benchmark
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "cifar_resnet56": lambda: create_model("cifar_resnet56", num_classes=10, in_chans=1),
     "toy_lnet_resnet56": lambda: ToyLCResNet(depth=56, cnet=False),
+    "lcnet_l_cifar_resnet56": lambda: create_model("lcnet_l_cifar_resnet56", num_classes=10, in_chans=1),
 }
 
 
@@ -45,25 +50,27 @@ def _model(name: str) -> torch.nn.Module:
     if name.startswith("toy"):
         calibrate(model, _images(96, "val"))
         set_engine(model, "sparse")
+    elif name.startswith("lcnet"):
+        from benchmarks.goldens.inference import calibrate_batchnorm, centre_controllers
+
+        calibrate_batchnorm(model, _images(96, "val"))
+        centre_controllers(model, _images(96, "val"))
+        set_engine(model, "sparse")
     return model
 
 
-def interleaved_ratio(plain: Callable[[], object], traced: Callable[[], object], rounds: int) -> tuple[float, float, float]:
-    """(median traced / median plain, median plain s, median traced s), interleaved."""
+def interleaved_times(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds of each call, the calls interleaved round by round."""
     for _ in range(2):
-        plain()
-        traced()
-    plain_times, traced_times = [], []
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        plain()
-        t1 = time.perf_counter()
-        traced()
-        t2 = time.perf_counter()
-        plain_times.append(t1 - t0)
-        traced_times.append(t2 - t1)
-    p, t = statistics.median(plain_times), statistics.median(traced_times)
-    return t / p, p, t
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 @pytest.mark.parametrize("batch", [64, 1])
@@ -74,25 +81,52 @@ def test_trace_overhead(benchmark, name, batch):
     try:
         model = _model(name)
         x = _images(batch)
+        cache: dict = {}  # one measurement run's cache, as the harness keeps it
 
         def plain():
             with torch.no_grad():
                 return model(x)
 
         def traced():
+            with torch.no_grad(), trace(batch_size=batch, cache=cache, model=model) as t:
+                model(x)
+            return t.macs_executed, t.macs_controller, t.units_executed
+
+        def intercepted():
             with torch.no_grad(), trace(batch_size=batch) as t:
                 model(x)
             return t.macs_executed, t.macs_controller, t.units_executed
 
-        ratio, p, t = interleaved_ratio(plain, traced, rounds=15 if batch > 1 else 60)
-        benchmark.extra_info.update(
-            {"model": name, "batch": batch, "plain_ms": p * 1e3, "traced_ms": t * 1e3,
-             "overhead_ratio": ratio}
+        assert all(torch.equal(a, b) for a, b in zip(traced()[:2], intercepted()[:2], strict=True))
+        median = interleaved_times(
+            {"plain": plain, "traced": traced, "intercepted": intercepted},
+            rounds=15 if batch > 1 else 60,
         )
-        print(f"\n{name} batch {batch}: plain {p * 1e3:.2f} ms, traced {t * 1e3:.2f} ms, "
-              f"traced/plain {ratio:.3f}")
+        ratio = median["traced"] / median["plain"]
+        full = median["intercepted"] / median["plain"]
+        benchmark.extra_info.update(
+            {"model": name, "batch": batch, "plain_ms": median["plain"] * 1e3,
+             "traced_ms": median["traced"] * 1e3, "overhead_ratio": ratio,
+             "intercepted_ratio": full}
+        )  # fmt: skip
+        print(f"\n{name} batch {batch}: plain {median['plain'] * 1e3:.2f} ms, traced "
+              f"{median['traced'] * 1e3:.2f} ms, traced/plain {ratio:.3f}, intercepted/plain {full:.3f}")
         benchmark.pedantic(traced, rounds=3, iterations=1)
     finally:
         torch.set_num_threads(threads)
-    # generous on a shared machine; the target (<= 1.10 at batch 64) is what gets reported
+    # generous on a shared machine; the targets are what gets reported
     assert ratio < (1.5 if batch > 1 else 2.5)
+
+
+if __name__ == "__main__":  # python -m tests.benchmarks.test_bench_routing [model ...]
+    import sys
+
+    class _Print:
+        extra_info: dict = {}
+
+        def pedantic(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    for model_name in sys.argv[1:] or sorted(MODELS):
+        for size in (1, 64):
+            test_trace_overhead(_Print(), model_name, size)

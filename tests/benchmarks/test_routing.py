@@ -531,3 +531,118 @@ def test_margins_are_recorded_for_original_samples_inside_routed_frames(name):
     assert got["sparse"].keys() == got["masked"].keys() and got["sparse"]
     for unit, values in got["sparse"].items():
         torch.testing.assert_close(values, got["masked"][unit], rtol=1e-5, atol=1e-6, msg=unit)
+
+
+# --- static parts: counts recorded once per input shape, then replayed ----------------------
+
+
+def _trace_record(t) -> dict:
+    """Everything a trace reports, as plain data."""
+    return {
+        "executed": t.macs_executed.tolist(), "theoretical": t.macs_theoretical.tolist(),
+        "controller": t.macs_controller.tolist(), "by_kind": t.macs_by_kind,
+        "other": {k: v.tolist() for k, v in t.other_ops.items()},
+        "units": {k: v.tolist() for k, v in t.units_executed.items()},
+        "channels": {k: v.tolist() for k, v in t.channels_kept.items()},
+    }  # fmt: skip
+
+
+def _replayed_and_intercepted(model: nn.Module, batches: list[torch.Tensor]):
+    """Per batch: (the trace with replay after its first calls, the trace intercepting all)."""
+    cache: dict = {}
+    pairs = []
+    for x in batches:
+        with torch.no_grad(), trace(cache=cache, model=model) as replayed:
+            model(x)
+        with torch.no_grad(), trace() as intercepted:
+            model(x)
+        pairs.append((_trace_record(replayed), _trace_record(intercepted)))
+    return pairs, cache
+
+
+@pytest.mark.parametrize("name", sorted(TOY_MODELS))
+def test_replayed_static_parts_count_what_interception_counts(toys, digits, name):
+    model = toys[name]
+    set_engine(model, "sparse")
+    batches = [digits[:1], digits[1:2], digits[:1], digits[:8], digits[8:16], digits[2:3]]
+    pairs, cache = _replayed_and_intercepted(model, batches)
+    for replayed, intercepted in pairs:
+        assert replayed == intercepted
+    parts = cache[("static parts", id(model))][1]
+    assert any(part.costs for part in parts)  # something was replayed
+    assert not any("forward" in m.__dict__ for m in model.modules())  # nothing left behind
+
+
+class _BranchOnData(nn.Module):
+    """A plain module with a Python `if` on its data (outside the execution contract)."""
+
+    def __init__(self):
+        super().__init__()
+        self.small, self.big = nn.Linear(8, 2), nn.Sequential(nn.Linear(8, 64), nn.Linear(64, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.big(x) if x.sum() > 0 else self.small(x)
+
+
+class _RoutesFunctionally(nn.Module):
+    """A plain module (not a DynamicModule) that calls the routing primitive itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return route(self.body, x, x[:, 0] > 0, unit="body")
+
+
+@pytest.mark.parametrize("make", [_BranchOnData, _RoutesFunctionally])
+def test_a_part_that_reads_its_data_or_routes_is_never_replayed(make):
+    torch.manual_seed(0)
+    model = nn.Sequential(make()).eval()
+    pos, neg = torch.ones(1, 8), -torch.ones(1, 8)
+    pairs, cache = _replayed_and_intercepted(model, [pos, neg, pos, neg])
+    for replayed, intercepted in pairs:
+        assert replayed == intercepted
+    assert pairs[0][0]["executed"] != pairs[1][0]["executed"]
+    assert all(part.dynamic for part in cache[("static parts", id(model))][1])
+
+
+def test_static_parts_leave_out_dynamic_modules_hooks_and_keep_controllers_at_their_top():
+    from benchmarks.routing import _static_parts
+
+    model = IfGatedNet()
+    parts = _static_parts(model)
+    assert model.gate in parts and model.big in parts and model.small in parts
+    assert model not in parts  # its `if` reads a controller's output
+    static = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    assert _static_parts(static) == [static]
+    static[0].register_forward_hook(lambda *a: None)
+    assert _static_parts(static) == [static[1]]
+    gated = GatedConv2d(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    assert _static_parts(nn.Sequential(gated)) == []  # its layers are read, never called
+
+
+def test_a_replayed_controller_still_counts_as_controller(digits):
+    model = IfGatedNet().eval()
+    pairs, cache = _replayed_and_intercepted(model, [digits[:1], digits[1:2], digits[:1]])
+    for replayed, intercepted in pairs:
+        assert replayed == intercepted
+        assert replayed["controller"][0] > 0
+    part = next(p for p in cache[("static parts", id(model))][1] if p.module is model.gate)
+    assert part.costs and not part.dynamic
+
+
+def test_replay_needs_the_functions_counter_and_undoes_itself_on_errors():
+    model = nn.Sequential(nn.Linear(4, 4))
+    cache: dict = {}
+    with torch.no_grad(), trace(counter="modules", cache=cache, model=model) as t:
+        model(torch.ones(2, 4))
+    assert int(t.macs_executed[0]) == 16 and ("static parts", id(model)) not in cache
+    with pytest.raises(RuntimeError), torch.no_grad(), trace(cache=cache, model=model):
+        assert "forward" in model.__dict__
+        model(torch.ones(2, 5))
+    assert "forward" not in model.__dict__
+    with torch.no_grad(), trace(cache=cache, model=model) as t:
+        model(torch.ones(2, 4))
+        model(torch.ones(2, 4))
+    assert t.macs_executed.tolist() == [32, 32]
