@@ -1599,13 +1599,9 @@ class GatedConv2d(DynamicModule):
         tr = _ACTIVE
         if tr is None:
             return self._forward(x, gate, in_mask)
+        if gate is None and in_mask is None:
+            return self._traced_dense(x, tr)
         with _Suppressed(tr):  # it reports its own costs: nothing in it is the counter's to count
-            if gate is None and in_mask is None:  # no decision: the plain layer, counted in full
-                if tr._device is None:
-                    tr._see(x)
-                y = self._dense(x, None, None, None)
-                self._record_dense(tr, y, None, None, "")
-                return y
             return self._forward(x, gate, in_mask)
 
     def _forward(self, x: torch.Tensor, gate: torch.Tensor | None, in_mask: torch.Tensor | None) -> torch.Tensor:
@@ -1644,10 +1640,23 @@ class GatedConv2d(DynamicModule):
         """`self(x)` without a decision. At inference outside a trace, with no hook on this
         layer, its kernels are called directly (the forward's own fast path, without the
         module call: a microsecond per layer at batch 1); anywhere else, the module call."""
-        if (_ACTIVE is None and not self.training and not torch.is_grad_enabled() and not self._forward_hooks
-                and not self._forward_pre_hooks and not _global_forward_hooks()):  # fmt: skip
+        if self._forward_hooks or self._forward_pre_hooks or _global_forward_hooks():
+            return self(x)
+        tr = _ACTIVE
+        if tr is not None:
+            return self._traced_dense(x, tr)
+        if not self.training and not torch.is_grad_enabled():
             return self._dense(x, None, None, None)
         return self(x)
+
+    def _traced_dense(self, x: torch.Tensor, tr: Trace) -> torch.Tensor:
+        """No decision, inside a trace: the plain layer, counted in full."""
+        with _Suppressed(tr):  # it reports its own costs: nothing in it is the counter's to count
+            if tr._device is None:
+                tr._see(x)
+            y = self._dense(x, None, None, None)
+            self._record_dense(tr, y, None, None, "")
+        return y
 
     def _dense(
         self, x: torch.Tensor, out_keep: Any, gate_f: Any, in_keep: Any

@@ -213,7 +213,7 @@ class LCNetBlock(DynamicModule):
     # --- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # plain dict writes: nn.Module.__setattr__ costs a few µs per call at batch 1
-        self.__dict__["_hw"] = (x.shape[-2], x.shape[-1])
+        self.__dict__["_hw"] = tuple(x.shape[-2:])
         self.__dict__["_soft"] = {"s": None, "c": None}
         if not self.gating or (self.lnet is None and self.cnet is None):
             return self._branch(x, None, None)
@@ -398,7 +398,7 @@ class LCNet(WrapsBackbone, DynamicModule):
         return [h for b in self.blocks for h in (b.lnet, b.cnet) if h is not None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.__dict__["_input_hw"] = (x.shape[-2], x.shape[-1])
+        self.__dict__["_input_hw"] = tuple(x.shape[-2:])
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)
