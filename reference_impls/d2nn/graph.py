@@ -517,21 +517,28 @@ class D2NN(DynamicModule):
                 defaults.append((edges[0][0], 0.0))
                 body.append(f"args = [v for v in ({', '.join(args + optional)},) if v is not None] "
                             f"or [const(seen, K[{len(defaults) - 1}], x)]")  # fmt: skip
-                call_args = "args[0], True, *args[1:]"
+                inputs = ["args[0]", "*args[1:]"]
             elif kind == DUMMY:
-                call_args = "x, True"
+                inputs = ["x"]
             else:
-                call_args = ", ".join([args[0], "True", *args[1:]])
+                inputs = args
+            module = f"dummies[{name!r}]" if kind == DUMMY else f"modules[{name!r}]"
+
+            def step(values: list[str], module: str = module, unit: str = unit) -> str:
+                # outside a trace, the module on its one-row inputs: what `route` does for a
+                # Python True in the sparse engine, less its checks of the rows (every value of
+                # the walk is a one-row tensor); inside a trace, `route`, which records
+                routed = ", ".join([values[0], "True", *values[1:]])
+                return (f"({module}({', '.join(values)}) if not tracing else "
+                        f"route({module}, {routed}, default=0.0, unit={unit!r}, engine='sparse'))")  # fmt: skip
+
             if kind == CONTROL:
-                call = f"route(modules[{name!r}], {{}}, default=0.0, unit={unit!r}, engine='sparse')"
-                detached = ", ".join([f"{args[0]}.detach()", "True", *(f"{a}.detach()" for a in args[1:])])
-                body.append(f"q = {call.format(detached)} if detach else {call.format(call_args)}")
+                body.append(f"q = {step([f'{a}.detach()' for a in args])} if detach else {step(inputs)}")
                 actions_n = self.specs[name].actions
                 body.append(f"if q.dim() != 2 or q.shape[1] != {actions_n}: check_q({name!r}, q)")
                 body.append(f"{out} = int(decide_argmax(q.detach() if detach else q, unit={unit!r}))")
             else:
-                module = f"dummies[{name!r}]" if kind == DUMMY else f"modules[{name!r}]"
-                body.append(f"{out} = route({module}, {call_args}, default=0.0, unit={unit!r}, engine='sparse')")
+                body.append(f"{out} = {step(inputs)}")
             if conds:
                 lines.append(f"    if {' and '.join(conds)}:")
                 lines += [f"        {b}" for b in body]
