@@ -627,6 +627,7 @@ def measure_cost(
     device: str | torch.device | None = None,
     counter: str = "functions",
     progress: bool = False,
+    replay: bool = True,
 ) -> CostResult:
     """Per-sample executed / theoretical / controller MACs of `model` over real inputs.
 
@@ -634,8 +635,12 @@ def measure_cost(
     a tensor of images). `engine` sets the routing engine first (None keeps the model's own);
     `limit` counts only the first samples; `counter` is `functions` (complete: every conv,
     linear, matmul, einsum and attention call, functional or not) or `modules` (module hooks
-    only: faster, but blind to functional matmuls and attention). The model is moved to `device`
-    if given; it is run in eval mode under no_grad and its training flags are restored.
+    only: faster, but blind to functional matmuls and attention). `replay`: the counts of the
+    model's static parts (no routing inside) are recorded on their first call per input shape
+    and replayed afterwards (`routing.trace(cache=, model=)`: the same counts, less
+    interception); False intercepts every call, for models not trusted to keep their
+    input-dependent choices inside the routing primitives. The model is moved to `device` if
+    given; it is run in eval mode under no_grad and its training flags are restored.
     """
     import pandas as pd
 
@@ -665,7 +670,7 @@ def measure_cost(
     with evaluation(model):
         for images, targets in batches:
             x = images.to(target_device)
-            with trace(batch_size=len(x), counter=counter, cache=cache, model=model) as t:
+            with trace(batch_size=len(x), counter=counter, cache=cache, model=model if replay else None) as t:
                 output = model(x)
             for column in _MAC_COLUMNS:
                 columns[column].append(getattr(t, column))

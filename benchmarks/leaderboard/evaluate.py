@@ -226,8 +226,12 @@ def _run_split(model: nn.Module, dataset: Any, batch_size: int = 250) -> dict[st
     from benchmarks.routing import is_dynamic
 
     dynamic = is_dynamic(model)
-    sparse = measure_cost(model, dataset, engine="sparse" if dynamic else None, batch_size=batch_size)
-    accuracy_run = measure_cost(model, dataset, engine="masked", batch_size=batch_size) if dynamic else sparse
+    # every call intercepted (replay=False): a submitted model is not trusted to keep its
+    # input-dependent choices inside the routing primitives
+    sparse = measure_cost(model, dataset, engine="sparse" if dynamic else None, batch_size=batch_size, replay=False)
+    accuracy_run = (
+        measure_cost(model, dataset, engine="masked", batch_size=batch_size, replay=False) if dynamic else sparse
+    )
     predictions = accuracy_run.per_sample["prediction"]
     tally = Tally()
     tally.update(torch.tensor(predictions.to_numpy()), torch.tensor(accuracy_run.per_sample["target"].to_numpy()))

@@ -250,6 +250,11 @@ def test_measure_cost_over_a_split(digits_test):
     assert int(t.macs_executed[0]) == int(frame["macs_executed"].iloc[7])
     columns = result.as_result_columns()
     assert set(columns) <= set(RESULT_COLUMNS) and columns["macs_mean"] == e["mean"]
+    # replaying the static parts' counts (the default) changes nothing but the time
+    intercepted = measure_cost(model, digits_test, engine="sparse", batch_size=16, limit=40, replay=False)
+    pd.testing.assert_frame_equal(intercepted.per_sample, frame)
+    pd.testing.assert_frame_equal(intercepted.units, result.units)
+    assert intercepted.by_kind == result.by_kind
 
 
 def test_masked_engine_executes_everything_and_is_not_flagged(digits_test):
