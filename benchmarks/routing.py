@@ -59,6 +59,7 @@ __all__ = [
     "mark_controller",
     "name_units",
     "route",
+    "route_rows",
     "set_engine",
     "set_execution",
     "set_execution_costs",
@@ -1241,6 +1242,37 @@ def _counted(tr: Trace | None, fn: Callable[..., Any], *args: Any) -> Any:
     finally:
         torch._C._pop_torch_function_stack()
         tr._paused = mode
+
+
+def route_rows(
+    module: Callable[..., Any], rows: torch.Tensor | None, *inputs: Any, batch: int, unit: str
+) -> Any:
+    """Run `module(*inputs)` for the rows `rows` of a batch of `batch` samples, the inputs
+    already holding those rows only, and return its output for those rows only: sample
+    routing for an executor that keeps values compact between modules (a D2NN graph at batch >
+    1: no full-batch scatter after each node, no gather before the next). `rows`: sorted sample
+    indices into the current batch, or None for every row; an executor records a module that
+    runs on no row with `skip(unit)`. Inside a trace it records what `route` records: the unit
+    ran for those samples, and the module's costs are theirs."""
+    tr = _ACTIVE
+    if tr is None:
+        return module(*inputs)
+    if tr._device is None:
+        tr._see(inputs[0] if inputs else None)
+    if rows is None or rows.shape[0] == batch:
+        tr._unit(unit, 1)
+        return module(*inputs)
+    _pause(tr)
+    try:
+        executed = torch.zeros(batch, dtype=torch.bool, device=rows.device).index_fill_(0, rows, True)
+        tr._unit(unit, executed)
+        tr._push(rows, None)
+        try:
+            return _counted(tr, module, *inputs)
+        finally:
+            tr._pop()
+    finally:
+        _unpause(tr)
 
 
 def skip(unit: str) -> None:

@@ -47,6 +47,7 @@ from benchmarks.routing import (
     decide_argmax,
     mark_controller,
     route,
+    route_rows,
     skip,
     trace,
 )
@@ -311,6 +312,16 @@ class GraphRun:
 Policy = str | Mapping[str, int]
 
 
+def _intersect(rows: torch.Tensor | None, other: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """The sorted sample indices in both (None: every row of the batch of `n`)."""
+    if rows is None:
+        return other
+    if other is None or other is rows:
+        return rows
+    member = torch.zeros(n, dtype=torch.bool, device=rows.device).index_fill_(0, other, True)
+    return rows.index_select(0, member.index_select(0, rows).nonzero().squeeze(1))
+
+
 class _Constant:
     """The computation of a dummy node: a constant per row, no MACs. A plain callable, not an
     nn.Module: it has no state to register, and a module call costs a microsecond more."""
@@ -424,6 +435,11 @@ class D2NN(DynamicModule):
             if seen is not None:
                 return self._greedy_walk()(x, self.nodes._modules, seen, active_trace() is not None,
                                            torch.is_grad_enabled())  # fmt: skip
+        if (not return_run and epsilon == 0 and policy == "greedy" and x.shape[0] > 1 and self.engine == "sparse"
+                and not self.training):  # fmt: skip
+            seen = self._outputs_seen.get((tuple(x.shape[1:]), x.device, x.dtype))
+            if seen is not None:
+                return self._rows_walk(x, seen)
         run = self.run(x, policy=policy, epsilon=epsilon, generator=generator)
         return run if return_run else run.output
 
@@ -443,15 +459,16 @@ class D2NN(DynamicModule):
         ran: dict[str, torch.Tensor] = {INPUT: everyone}
         result = GraphRun(output=x, outputs=outputs, ran=ran, controls=list(self.controls))
         run_controls = set(self.controls)
+        every_action = policy == "all"
         for name in self.order:
             spec = self.specs[name]
-            keep = self._enabled(spec, result, everyone)
+            keep = self._enabled(spec, result, everyone, every_action)
             for edge in spec.inputs:
-                if edge.default is None:
-                    keep = keep & ran[edge.source]
+                if edge.default is None and ran[edge.source] is not everyone:
+                    keep = ran[edge.source] if keep is everyone else keep & ran[edge.source]
             inputs = [self._edge_value(edge, outputs, ran) for edge in spec.inputs]
             if spec.kind == CONTROL:
-                self._run_control(spec, inputs, keep, policy, epsilon, generator, result)
+                self._run_control(spec, inputs, keep, policy, epsilon, generator, result, everyone)
                 continue
             if spec.kind == DUMMY:
                 module: Callable = self._dummies[name]
@@ -470,6 +487,110 @@ class D2NN(DynamicModule):
             {name: (value.shape[1:], value.dtype) for name, value in outputs.items() if name not in run_controls}
         )
         return result
+
+    def _rows_walk(self, x: torch.Tensor, seen: dict) -> torch.Tensor:
+        """A batch in the sparse engine under the greedy policy, in eval mode: the walk of `run`
+        on row-index lists. Each node's output is kept for the rows it ran on only (sorted
+        sample indices; None: every row), each node runs through `route_rows` on the rows its
+        gate and required inputs leave, and a node with no row costs a test (and a `skip`
+        record inside a trace); inputs are gathered from their sources' compact outputs, and
+        a default edge fills the rows its source did not run on. No boolean mask per node and
+        no full-batch scatter after each. Same outputs and trace records as `run`."""
+        n = x.shape[0]
+        tracing = active_trace() is not None
+        values: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {INPUT: (None, x)}
+        actions: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
+        for name, unit, kind, module, gate, edges in self._rows_plan():
+            rows: torch.Tensor | None = None
+            runs = True
+            if gate is not None:
+                decided = actions.get(gate.control)
+                runs = decided is not None
+                if runs:
+                    decided_rows, action = decided
+                    chosen = (action == gate.action).nonzero().squeeze(1)
+                    runs = chosen.shape[0] > 0
+                    if chosen.shape[0] < action.shape[0]:
+                        rows = chosen if decided_rows is None else decided_rows.index_select(0, chosen)
+                    else:
+                        rows = decided_rows
+            for source, default in edges:
+                if not runs:
+                    break
+                if default is None:  # a required input: the node runs where its source ran
+                    present = values.get(source)
+                    runs = present is not None
+                    if runs:
+                        rows = _intersect(rows, present[0], n)
+                        runs = rows is None or rows.shape[0] > 0
+            if not runs:
+                if tracing:
+                    skip(unit)
+                continue
+            if kind == DUMMY:  # a constant per row: any `len(rows)` rows of the input will do
+                inputs = [x if rows is None else x.narrow(0, 0, rows.shape[0])]
+            else:
+                inputs = [self._rows_input(values, seen, source, default, rows, n, x) for source, default in edges]
+            if kind == CONTROL:
+                def decide(*v: torch.Tensor, name: str = name, module: Callable = module, unit: str = unit) -> tuple:
+                    q = module(*v)
+                    self._check_q(name, q)
+                    return q, decide_argmax(q, unit=unit)
+
+                actions[name] = (rows, route_rows(decide, rows, *inputs, batch=n, unit=unit)[1])
+            else:
+                values[name] = (rows, route_rows(module, rows, *inputs, batch=n, unit=unit))
+        output = values.get(self.output_node)
+        if output is None or output[0] is not None:
+            ran = torch.zeros(n, dtype=torch.bool) if output is None else torch.zeros(n, dtype=torch.bool).index_fill_(0, output[0].cpu(), True)
+            self._output_missing((~ran).nonzero().squeeze(1).tolist())
+        return output[1]
+
+    def _rows_plan(self) -> list[tuple]:
+        """Per node, in order: (name, unit, kind, module, gate, [(source, default)])."""
+        prefix = self.__dict__.get("_dynbench_prefix", "")
+        cached = self.__dict__.get("_rows_plan_cache")
+        if cached is not None and cached[0] == prefix:
+            return cached[1]
+        plan = []
+        for name in self.order:
+            spec = self.specs[name]
+            module = self._dummies[name] if spec.kind == DUMMY else self.nodes[name]
+            edges = [(e.source, None if e.default is None else float(e.default)) for e in spec.inputs]
+            plan.append((name, self._unit(name), spec.kind, module, spec.gate, edges))
+        self.__dict__["_rows_plan_cache"] = (prefix, plan)
+        return plan
+
+    @staticmethod
+    def _rows_input(
+        values: dict, seen: dict, source: str, default: float | None, rows: torch.Tensor | None, n: int,
+        x: torch.Tensor,
+    ) -> torch.Tensor:
+        """The value of an input edge on `rows`: the source's output where it ran, `default`
+        where it did not (a required edge's source ran on every row of `rows`)."""
+        present = values.get(source)
+        if present is None:  # the source ran on no row: the default everywhere
+            shape, dtype = seen[source]
+            return x.new_full((n if rows is None else rows.shape[0], *shape), default, dtype=dtype)
+        source_rows, value = present
+        if source_rows is rows:
+            return value
+        if source_rows is None:
+            return value if rows is None else value.index_select(0, rows)
+        if default is None:  # rows ⊆ source_rows, both sorted
+            return value.index_select(0, torch.searchsorted(source_rows, rows))
+        # fill: the default, then the source's rows that are among `rows`
+        out = value.new_full((n if rows is None else rows.shape[0], *value.shape[1:]), default)
+        if rows is None:
+            return out.index_copy_(0, source_rows, value)
+        position = torch.full((n,), -1, dtype=torch.long, device=value.device)
+        position.index_copy_(0, rows, torch.arange(rows.shape[0], device=value.device))
+        at = position.index_select(0, source_rows)
+        inside = at >= 0
+        if bool(inside.all()):
+            return out.index_copy_(0, at, value)
+        inside = inside.nonzero().squeeze(1)
+        return out.index_copy_(0, at.index_select(0, inside), value.index_select(0, inside))
 
     def _output_missing(self, samples: list[int]) -> None:
         raise RuntimeError(
@@ -576,13 +697,14 @@ class D2NN(DynamicModule):
         seen[key] = (value, value._version)
         return value
 
-    def _enabled(self, spec: _Node, run: GraphRun, everyone: torch.Tensor) -> torch.Tensor:
+    def _enabled(self, spec: _Node, run: GraphRun, everyone: torch.Tensor, every_action: bool) -> torch.Tensor:
         if spec.gate is None:
             return everyone
+        # an unreached control's action is _NOT_REACHED, which enables nothing
         action = run.actions[spec.gate.control]
-        return run.reached[spec.gate.control] & (
-            (action == spec.gate.action) | (action == ALL_ACTIONS)
-        )
+        if every_action:
+            return (action == spec.gate.action) | (action == ALL_ACTIONS)
+        return action == spec.gate.action
 
     @staticmethod
     def _edge_value(edge: DataEdge, outputs: dict, ran: dict) -> torch.Tensor:
@@ -610,13 +732,19 @@ class D2NN(DynamicModule):
             # the masked engine computes every row: rows that do not run get zeros, never
             # default values such as -inf whose gradients would be NaN
             inputs = [torch.where(keep.view(-1, *([1] * (v.dim() - 1))), v, torch.zeros_like(v)) for v in inputs]
-        out_shape = None
-        if not bool(keep.any()):
+        # the per-row output shape, for a selection that turns out empty: known from an earlier
+        # call (no sync on the decision), or found now if no row runs
+        key = (name, tuple(inputs[0].shape[1:]))
+        out_shape = self._row_shapes.get(key)
+        if out_shape is None and not bool(keep.any()):
             out_shape = self._row_shape(name, module, inputs)
-        return route(
+        out = route(
             module, inputs[0], keep, *inputs[1:], default=0.0, unit=self._unit(name),
             engine=self.engine, out_shape=out_shape,
         )
+        if out_shape is None:
+            self._row_shapes[key] = tuple(out.shape[1:])
+        return out
 
     def _row_shape(self, name: str, module: Callable, inputs: list[torch.Tensor]) -> tuple[int, ...]:
         """The per-row output shape of a node that runs on no sample of this batch: remembered
@@ -646,6 +774,7 @@ class D2NN(DynamicModule):
         epsilon: float,
         generator: torch.Generator | None,
         run: GraphRun,
+        everyone: torch.Tensor,
     ) -> None:
         name, n = spec.name, keep.shape[0]
         run.reached[name] = keep
@@ -657,7 +786,7 @@ class D2NN(DynamicModule):
         # the state is detached: the Q-loss trains the control node only
         q = self._route(name, self.nodes[name], [v.detach() for v in inputs], keep)
         self._check_q(name, q)
-        if keep.shape[0] == 1 and not bool(keep[0]):  # reached by no row: nothing decided
+        if keep is not everyone and not bool(keep.any()):  # reached by no row: nothing decided
             action = torch.full_like(keep, _NOT_REACHED, dtype=torch.long)
         else:
             action = decide_argmax(q.detach(), unit=self._unit(name), where=keep)
@@ -666,7 +795,7 @@ class D2NN(DynamicModule):
             random = torch.randint(spec.actions, (n,), generator=generator, device=keep.device)
             action = torch.where(explore, random, action)
         run.q[name] = q
-        run.actions[name] = torch.where(keep, action, _NOT_REACHED)
+        run.actions[name] = action if keep is everyone else torch.where(keep, action, _NOT_REACHED)
         run.ran[name] = keep
         run.outputs[name] = q
 

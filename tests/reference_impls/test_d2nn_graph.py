@@ -429,6 +429,91 @@ def test_the_oracle_calls_the_nodes_that_run_and_nothing_else(name, digits):
         assert t.macs_controller.item() == 0  # no control node runs
 
 
+# --- the walk on row-index lists (batch > 1) --------------------------------------------------
+
+
+def _traced_batch(fn, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    with torch.no_grad(), trace(batch_size=len(x)) as t:
+        out = fn(x)
+    record = {
+        "executed": t.macs_executed.tolist(), "theoretical": t.macs_theoretical.tolist(),
+        "controller": t.macs_controller.tolist(), "by_kind": t.macs_by_kind,
+        "other": {k: v.tolist() for k, v in t.other_ops.items()},
+        "units": {k: v.tolist() for k, v in t.units_executed.items()},
+        "margins": {k: v.tolist() for k, v in t.decision_margins.items()},
+    }  # fmt: skip
+    return out, record
+
+
+@pytest.mark.parametrize("name", list(DESIGNS))
+def test_the_rows_walk_runs_and_records_what_the_general_walk_does(name, digits):
+    """`forward` on a batch under the greedy policy in eval mode keeps each node's output for
+    its rows only (`D2NN._rows_walk`); `run` is the general walk over masks. Same output bit for
+    bit and the same trace records, on batches of several sizes and orders."""
+    model = centred(name, digits)
+    with torch.no_grad():
+        model.run(digits[:2])  # the node output shapes, for edges whose source runs on no row
+    order = torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))
+    for x in (digits[:2], digits[5:10], digits[:16], digits[order], digits[order[:7]]):
+        fast, fast_record = _traced_batch(model, x)
+        general, general_record = _traced_batch(lambda v: model.run(v).output, x)
+        assert torch.equal(fast.isfinite(), general.isfinite())
+        assert torch.equal(fast[fast.isfinite()], general[general.isfinite()])
+        assert fast_record == general_record
+        with torch.no_grad():
+            assert torch.equal(model(x), fast)  # and outside a trace
+    assert "_rows_plan_cache" in model.__dict__  # the rows walk did run
+
+
+class _SignQ(nn.Module):
+    """Q-values from the sign of the first input feature: action 0 where it is positive."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        s = h.flatten(1)[:, :1]
+        return torch.cat([s, -s], 1)
+
+
+def test_the_rows_walk_intersects_required_inputs_and_fills_defaults(digits):
+    """A node gated by one control and reading a node gated by another runs where both let it;
+    a default edge fills the rows its source skipped; a node with no row is skipped, and an
+    edge from it reads its default everywhere."""
+    g = D2NNGraph()
+    g.regular("trunk", nn.Conv2d(1, 2, 3, padding=1))
+    g.control("q1", _SignQ(), inputs=["trunk"], actions=2)
+    g.control("q2", _SignQ(), inputs=["input"], actions=2)
+    g.regular("a", nn.Sequential(nn.Flatten(), nn.Linear(2 * 64, 3)), inputs=["trunk"], gate=("q1", 0))
+    g.regular("b", nn.Linear(3, 3), inputs=["a"], gate=("q2", 1))
+    g.dummy("rest", gate=("q2", 0))
+    g.regular("side", nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), inputs=["input"], gate=("q2", 1))
+    g.regular("c", nn.Sequential(nn.Flatten(), nn.Linear(2 * 64, 3)), inputs=["trunk"], gate=("q1", 1))
+    g.regular("out", SumInputs(), inputs=[DataEdge("b", 0.5), DataEdge("c", 0.0), DataEdge("side", -1.0), DataEdge("a", 0.0)])
+    torch.manual_seed(0)
+    model = D2NN(g, output="out").eval()
+    x = digits[:24] - digits[:24].mean()
+    x[:, 0, 0, 0] = torch.linspace(-1, 1, 24)  # q2 splits the batch; q1 follows the trunk
+    with torch.no_grad():
+        model.run(x[:2])
+        run = model.run(x)
+        assert 0 < int(run.ran["b"].sum()) < int(run.ran["a"].sum()) < 24  # an intersection
+    all_rest = x.clone()
+    all_rest[:, 0, 0, 0] = 1.0  # q2 takes action 0 everywhere: 'side' and 'b' run on no row
+    for batch in (x, all_rest):
+        fast, fast_record = _traced_batch(model, batch)
+        general, general_record = _traced_batch(lambda v: model.run(v).output, batch)
+        assert torch.equal(fast, general) and fast_record == general_record
+    assert fast_record["units"]["side"] == [0] * 24 and fast_record["units"]["b"] == [0] * 24
+
+
+def test_the_rows_walk_reports_samples_the_output_misses(digits):
+    g = tiny_graph()
+    g.nodes["out"].inputs = (DataEdge("a"), DataEdge("b"))  # no defaults: a sample reaches one
+    model = D2NN(g, output="out").eval()
+    with torch.no_grad():
+        model.run(digits[:2], policy="all")
+        with pytest.raises(RuntimeError, match="did not run for samples"):
+            model(digits[:8])
+
+
 def test_the_batch_1_walk_follows_unit_names_given_later(digits):
     """`name_units` on a parent renames the graph's units after the walk was first generated:
     the walk is generated again, and the trace names the units as the general walk does."""
