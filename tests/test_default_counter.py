@@ -17,6 +17,7 @@ from benchmarks.cost import count_macs
 from benchmarks.goldens import inference
 from benchmarks.routing import is_dynamic, set_engine, trace
 from tests.test_goldens import CASES_FILE
+from tests.trace_records import trace_record
 
 CASES = inference.load_cases(CASES_FILE)
 
@@ -42,16 +43,6 @@ def test_the_default_counter_equals_the_flop_counter_on_every_family(case):
         assert int(t.macs_executed[0]) == counter.get_total_flops() // 2, f"{case.name}, image {i}"
 
 
-def _record(t) -> dict:
-    return {
-        "executed": t.macs_executed.tolist(), "theoretical": t.macs_theoretical.tolist(),
-        "controller": t.macs_controller.tolist(), "by_kind": t.macs_by_kind,
-        "other": {k: v.tolist() for k, v in t.other_ops.items()},
-        "units": {k: v.tolist() for k, v in t.units_executed.items()},
-        "channels": {k: v.tolist() for k, v in t.channels_kept.items()},
-    }  # fmt: skip
-
-
 def _assert_replay_counts_what_interception_counts(model: torch.nn.Module, batches: list, label: str) -> None:
     cache: dict = {}
     for i, x in enumerate(batches):
@@ -59,7 +50,7 @@ def _assert_replay_counts_what_interception_counts(model: torch.nn.Module, batch
             model(x)
         with torch.no_grad(), trace() as intercepted:
             model(x)
-        assert _record(replayed) == _record(intercepted), f"{label}, batch {i}"
+        assert trace_record(replayed) == trace_record(intercepted), f"{label}, batch {i}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

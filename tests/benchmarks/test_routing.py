@@ -22,11 +22,13 @@ from benchmarks.routing import (
     is_dynamic,
     mark_controller,
     route,
+    route_rows,
     set_engine,
     skip,
     trace,
 )
 from tests.benchmarks.toy_models import TOY_MODELS, IfGatedNet, build_toy
+from tests.trace_records import trace_record
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +197,27 @@ def test_skip_records_an_empty_selection_without_a_call():
     assert module.calls == []
     assert torch.equal(by_skip.units_executed["blk"], by_route.units_executed["blk"])
     assert torch.equal(by_skip.macs_executed, torch.zeros(2, dtype=torch.int64))
+
+
+def test_route_rows_records_what_route_records_for_the_same_rows():
+    """`route_rows` runs a module on rows already gathered and keeps its output compact; in a
+    trace the unit and the module's MACs belong to those rows, as with `route`."""
+    torch.manual_seed(0)
+    linear, x = nn.Linear(5, 3), torch.randn(6, 5)
+    keep = torch.tensor([True, False, True, True, False, False])
+    rows = keep.nonzero().squeeze(1)
+    with torch.no_grad(), trace(batch_size=6) as by_route:
+        full = route(linear, x, keep, default=0.0, unit="head")
+    with torch.no_grad(), trace(batch_size=6) as by_rows:
+        compact = route_rows(linear, rows, x[rows], batch=6, unit="head")
+    assert torch.equal(compact, full[rows])
+    assert by_rows.macs_executed.tolist() == by_route.macs_executed.tolist() == [15, 0, 15, 15, 0, 0]
+    assert torch.equal(by_rows.units_executed["head"], by_route.units_executed["head"])
+    with torch.no_grad(), trace(batch_size=6) as every:
+        route_rows(linear, None, x, batch=6, unit="head")
+    assert every.units_executed["head"].tolist() == [1] * 6
+    with torch.no_grad():
+        assert torch.equal(route_rows(linear, rows, x[rows], batch=6, unit="head"), compact)  # no trace
 
 
 def test_route_rejects_bad_decisions():
@@ -536,17 +559,6 @@ def test_margins_are_recorded_for_original_samples_inside_routed_frames(name):
 # --- static parts: counts recorded once per input shape, then replayed ----------------------
 
 
-def _trace_record(t) -> dict:
-    """Everything a trace reports, as plain data."""
-    return {
-        "executed": t.macs_executed.tolist(), "theoretical": t.macs_theoretical.tolist(),
-        "controller": t.macs_controller.tolist(), "by_kind": t.macs_by_kind,
-        "other": {k: v.tolist() for k, v in t.other_ops.items()},
-        "units": {k: v.tolist() for k, v in t.units_executed.items()},
-        "channels": {k: v.tolist() for k, v in t.channels_kept.items()},
-    }  # fmt: skip
-
-
 def _replayed_and_intercepted(model: nn.Module, batches: list[torch.Tensor]):
     """Per batch: (the trace with replay after its first calls, the trace intercepting all)."""
     cache: dict = {}
@@ -556,7 +568,7 @@ def _replayed_and_intercepted(model: nn.Module, batches: list[torch.Tensor]):
             model(x)
         with torch.no_grad(), trace() as intercepted:
             model(x)
-        pairs.append((_trace_record(replayed), _trace_record(intercepted)))
+        pairs.append((trace_record(replayed), trace_record(intercepted)))
     return pairs, cache
 
 

@@ -15,6 +15,7 @@ from benchmarks.routing import set_engine, trace
 from reference_impls.d2nn import D2NN, D2NNGraph, D2NNGraphError, DataEdge
 from reference_impls.d2nn.designs import QHead
 from reference_impls.d2nn.graph import SumInputs
+from tests.trace_records import trace_record
 
 DESIGNS = {
     "d2nn_highlow": {"num_classes": 2},
@@ -435,13 +436,7 @@ def test_the_oracle_calls_the_nodes_that_run_and_nothing_else(name, digits):
 def _traced_batch(fn, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
     with torch.no_grad(), trace(batch_size=len(x)) as t:
         out = fn(x)
-    record = {
-        "executed": t.macs_executed.tolist(), "theoretical": t.macs_theoretical.tolist(),
-        "controller": t.macs_controller.tolist(), "by_kind": t.macs_by_kind,
-        "other": {k: v.tolist() for k, v in t.other_ops.items()},
-        "units": {k: v.tolist() for k, v in t.units_executed.items()},
-        "margins": {k: v.tolist() for k, v in t.decision_margins.items()},
-    }  # fmt: skip
+    record = trace_record(t)
     return out, record
 
 
