@@ -502,25 +502,26 @@ class D2NN(DynamicModule):
         actions: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
         for name, unit, kind, module, gate, edges in self._rows_plan():
             rows: torch.Tensor | None = None
+            within: torch.Tensor | None = None  # rows a gate's rows were taken from
             runs = True
             if gate is not None:
                 decided = actions.get(gate.control)
                 runs = decided is not None
                 if runs:
-                    decided_rows, action = decided
+                    within, action = decided
                     chosen = (action == gate.action).nonzero().squeeze(1)
                     runs = chosen.shape[0] > 0
                     if chosen.shape[0] < action.shape[0]:
-                        rows = chosen if decided_rows is None else decided_rows.index_select(0, chosen)
+                        rows = chosen if within is None else within.index_select(0, chosen)
                     else:
-                        rows = decided_rows
+                        rows = within
             for source, default in edges:
                 if not runs:
                     break
                 if default is None:  # a required input: the node runs where its source ran
                     present = values.get(source)
                     runs = present is not None
-                    if runs:
+                    if runs and present[0] is not within:  # (rows taken from the source's: a subset)
                         rows = _intersect(rows, present[0], n)
                         runs = rows is None or rows.shape[0] > 0
             if not runs:
