@@ -669,7 +669,8 @@ _MAC_KINDS = _cost.MAC_KINDS
 #: shapes that follow (an `if` on a tensor, `.item()`, a boolean mask): a part that makes one
 #: on its first call is counted on every call, never replayed
 _VALUE_READS = frozenset({
-    "__bool__", "__int__", "__float__", "__index__", "__complex__", "item", "tolist", "numpy",
+    "__bool__", "__int__", "__float__", "__index__", "__complex__", "__contains__", "__array__",
+    "item", "tolist", "numpy", "equal", "allclose", "is_nonzero",
     "nonzero", "argwhere", "masked_select", "masked_scatter", "unique", "unique_consecutive",
     "bincount", "repeat_interleave",
 })

@@ -607,7 +607,18 @@ class _RoutesFunctionally(nn.Module):
         return route(self.body, x, x[:, 0] > 0, unit="body")
 
 
-@pytest.mark.parametrize("make", [_BranchOnData, _RoutesFunctionally])
+class _BranchOnEquality(nn.Module):
+    """A plain module whose Python `if` reads its data through a function returning a bool."""
+
+    def __init__(self):
+        super().__init__()
+        self.small, self.big = nn.Linear(8, 2), nn.Sequential(nn.Linear(8, 64), nn.Linear(64, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.big(x) if torch.equal(x, torch.ones_like(x)) else self.small(x)
+
+
+@pytest.mark.parametrize("make", [_BranchOnData, _BranchOnEquality, _RoutesFunctionally])
 def test_a_part_that_reads_its_data_or_routes_is_never_replayed(make):
     torch.manual_seed(0)
     model = nn.Sequential(make()).eval()
