@@ -719,11 +719,12 @@ class _Suppressed:
 #
 # Under the `functions` counter every torch call pays the mode's interception (about 1-3 µs at
 # batch 1, a tenth of a static ResNet-56's time). A part of the model with no routing inside
-# (no DynamicModule, no controller, no hooks) costs, by the execution contract, a function of
-# its input shapes only. Given the model and a measurement run's cache, a trace counts each
-# such part the interceptor's way on its first call per input shapes, then replays that count
-# with the interceptor off on the later calls. A part that turns out to record routing on its
-# first call (a routing function called from a plain module) is never replayed.
+# (no DynamicModule, no hook, no controller below its top) costs, by the execution contract, a
+# function of its input shapes only. Given the model and a measurement run's cache, a trace
+# counts each such part the interceptor's way on its first call per input key, then replays
+# that count with the interceptor off on the later calls. A part that records routing (a
+# routing function called from a plain module) or reads its values (_VALUE_READS) on its first
+# call is never replayed.
 
 
 class _Costs:
