@@ -404,10 +404,18 @@ class Trace:
         keys = [_EXEC, _THEO, _CTRL]
         keys += [("unit", k) for k in self._units] + [("channels", k) for k in self._gated]
         keys += [k for k in (*self._scalars, *grouped) if isinstance(k, tuple) and k[0] == "other"]
+        keys = list(dict.fromkeys(keys))
+        # a value common to every sample needs no kernel of its own: one table for all of them
+        common = [key for key in keys if key not in grouped]
+        table = torch.tensor([self._scalars.get(key, 0) for key in common], dtype=torch.int64)
+        rows_of = dict(zip(common, table.repeat_interleave(n).view(len(common), n), strict=True))
         results: dict[Any, Any] = {}
         self._suppress += 1
         try:
-            for key in dict.fromkeys(keys):
+            for key in keys:
+                if key in rows_of:
+                    results[key] = rows_of[key]
+                    continue
                 out = torch.full((n,), self._scalars.get(key, 0), dtype=torch.int64, device=device)
                 rows_list, values_list = [], []
                 for rows, theo, value in grouped.get(key, ()):
