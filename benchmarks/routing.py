@@ -760,14 +760,10 @@ class _StaticPart:
 
         def replaying_forward(*args: Any, **kwargs: Any) -> Any:
             tr = _ACTIVE
-            if tr is None or tr._replaying or tr._suppress or part.dynamic:
+            if tr is None or tr._replaying or tr._paused is not None or part.dynamic:
                 return forward(*args, **kwargs)
-            mode = tr._mode
-            if mode is None or not torch._C._len_torch_function_stack():
-                return forward(*args, **kwargs)
-            top = torch._C._pop_torch_function_stack()
-            if top is not mode:  # a mode of the model's own is above the counter: count it plainly
-                torch._C._push_on_torch_function_stack(top)
+            _pause(tr)
+            if tr._paused is None:  # no function counter on top of the stack: nothing to replay
                 return forward(*args, **kwargs)
             try:
                 key = _input_key((part.module.training, tr._ctrl_depth > 0), args, kwargs)
@@ -781,7 +777,7 @@ class _StaticPart:
                     tr._replay(costs, args)
                     return out
             finally:
-                torch._C._push_on_torch_function_stack(mode)
+                _unpause(tr)
             if key is None:
                 return forward(*args, **kwargs)
             before = tr._mark()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -542,25 +543,35 @@ class D2NN(DynamicModule):
             else:
                 values[name] = (rows, route_rows(module, rows, *inputs, batch=n, unit=unit))
         output = values.get(self.output_node)
-        if output is None or output[0] is not None:
-            ran = torch.zeros(n, dtype=torch.bool) if output is None else torch.zeros(n, dtype=torch.bool).index_fill_(0, output[0].cpu(), True)
+        if output is None or output[0] is not None:  # some rows never reached the output
+            ran = torch.zeros(n, dtype=torch.bool)
+            if output is not None:
+                ran[output[0].cpu()] = True
             self._output_missing((~ran).nonzero().squeeze(1).tolist())
         return output[1]
 
     def _rows_plan(self) -> list[tuple]:
         """Per node, in order: (name, unit, kind, module, gate, [(source, default)])."""
+
+        def build() -> list[tuple]:
+            plan = []
+            for name in self.order:
+                spec = self.specs[name]
+                module = self._dummies[name] if spec.kind == DUMMY else self.nodes[name]
+                edges = [(e.source, None if e.default is None else float(e.default)) for e in spec.inputs]
+                plan.append((name, self._unit(name), spec.kind, module, spec.gate, edges))
+            return plan
+
+        return self._per_prefix("_rows_plan_cache", build)
+
+    def _per_prefix(self, slot: str, build: Callable[[], Any]) -> Any:
+        """`build()`, kept in `slot` while the units' prefix (`name_units`) stays the same: the
+        walks hold unit names, which a parent's `name_units` may change later."""
         prefix = self.__dict__.get("_dynbench_prefix", "")
-        cached = self.__dict__.get("_rows_plan_cache")
-        if cached is not None and cached[0] == prefix:
-            return cached[1]
-        plan = []
-        for name in self.order:
-            spec = self.specs[name]
-            module = self._dummies[name] if spec.kind == DUMMY else self.nodes[name]
-            edges = [(e.source, None if e.default is None else float(e.default)) for e in spec.inputs]
-            plan.append((name, self._unit(name), spec.kind, module, spec.gate, edges))
-        self.__dict__["_rows_plan_cache"] = (prefix, plan)
-        return plan
+        cached = self.__dict__.get(slot)
+        if cached is None or cached[0] != prefix:
+            cached = self.__dict__[slot] = (prefix, build())
+        return cached[1]
 
     @staticmethod
     def _rows_input(
@@ -604,14 +615,14 @@ class D2NN(DynamicModule):
         values, written out for this graph as straight-line Python (one `if` per gate and per
         required input, as a hand-written network branches), generated once per unit prefix and
         kept as `model._greedy_walk_source`. A node that does not run costs a test (and a
-        `skip` record inside a trace); a node that runs goes through `route` with a Python
-        decision; a default edge from a node that did not run reads a constant row of the
-        output shape an earlier `run` recorded. Same outputs, decisions and trace records as
-        `run`."""
+        `skip` record inside a trace); a node that runs is called on its one-row inputs, or,
+        inside a trace, goes through `route` with a Python decision; a default edge from a node
+        that did not run reads a constant row of the output shape an earlier `run` recorded.
+        Same outputs, decisions and trace records as `run`."""
+        return self._per_prefix("_greedy_walk_cache", self._write_greedy_walk)
+
+    def _write_greedy_walk(self) -> Callable[..., torch.Tensor]:
         prefix = self.__dict__.get("_dynbench_prefix", "")
-        cached = self.__dict__.get("_greedy_walk_cache")
-        if cached is not None and cached[0] == prefix:
-            return cached[1]
         names: dict[str, str] = {INPUT: "x"}  # node -> the local holding its output (None: did not run)
         actions: dict[str, str] = {}  # control -> the local holding its action (None: not reached)
         defaults: list[tuple[str, float]] = []  # (source, default) of each constant row read
@@ -681,7 +692,6 @@ class D2NN(DynamicModule):
         }  # fmt: skip
         exec(compile(source, f"<D2NN greedy walk {prefix or 'model'}>", "exec"), namespace)
         self.__dict__["_greedy_walk_source"] = source
-        self.__dict__["_greedy_walk_cache"] = (prefix, namespace["walk"])
         return namespace["walk"]
 
     @staticmethod
