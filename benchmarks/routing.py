@@ -178,15 +178,23 @@ class Trace:
         self._events = 0  # routing records so far (a static part must make none)
         self._replaying = 0  # > 0 inside a static part whose count is being replayed
         self._recording = 0  # > 0 inside a static part's first call: watch for data reads
-        self._paused: TorchFunctionMode | None = None  # the counter, while a primitive has it off
+        # the function counter is on the torch-function stack (`_on`) unless a primitive holds
+        # it off for its bookkeeping (`_hold` > 0) or the open segment of a dynamic part's call
+        # is being replayed (`_quiet`); `_sync` makes the stack match
+        self._on = False
+        self._hold = 0
+        self._quiet = False
+        self._call: _Call | None = None  # the innermost open call of a dynamic part
         self._parts: list[_StaticPart] = []
+        self._dynamic_parts: list[_DynamicPart] = []
         if model is not None and cache is not None and counter == "functions":
             entry = cache.get(("static parts", id(model)))
             if entry is None or entry[0] is not model:
                 entry = cache[("static parts", id(model))] = (
-                    model, [_StaticPart(m) for m in _static_parts(model)]
-                )
-            self._parts = entry[1]
+                    model, [_StaticPart(m) for m in _static_parts(model)],
+                    [_DynamicPart(m) for m in _dynamic_parts(model)],
+                )  # fmt: skip
+            self._parts, self._dynamic_parts = entry[1], entry[2]
 
     # --- context ----------------------------------------------------------------------------
     def __enter__(self) -> Trace:
@@ -200,7 +208,8 @@ class Trace:
         elif self.counter == "functions":
             self._mode = _FunctionCounter()
             self._mode.__enter__()
-            for part in self._parts:
+            self._on = True
+            for part in (*self._parts, *self._dynamic_parts):
                 part.module.__dict__.setdefault("forward", part.forward)
         _ACTIVE = self
         return self
@@ -212,9 +221,11 @@ class Trace:
             self._handle.remove()
             self._handle = None
         if self._mode is not None:
+            self._call, self._hold, self._quiet = None, 0, False  # an exception may have left them
+            _sync(self)
             self._mode.__exit__(None, None, None)
-            self._mode = None
-            for part in self._parts:
+            self._mode, self._on = None, False
+            for part in (*self._parts, *self._dynamic_parts):
                 if part.module.__dict__.get("forward") is part.forward:
                     del part.module.__dict__["forward"]
         while self._stack:  # an exception left sub-frames open
@@ -257,6 +268,9 @@ class Trace:
         self._events += 1
         if self.counter is None:
             return
+        call = self._call
+        if call is not None:
+            self._segment_ends()
         frame = self._frame
         if isinstance(executed, int):
             self._count(kind, executed * frame.batch, None)
@@ -270,10 +284,15 @@ class Trace:
             frame.saved -= theoretical * frame.batch
         else:
             self._records.append((_THEO, frame.rows, frame.theo, theoretical))
+        if call is not None:  # after the record: the next segment counts what follows it
+            self._segment_begins(("r", kind, _int_or_none(executed), _int_or_none(theoretical)))
 
     def _unit(self, name: str, executed: Any) -> None:
         """A routing unit's decision over the current frame: 1 / 0, or a boolean per row."""
         self._events += 1
+        if self._call is not None:
+            self._segment_ends()
+            self._segment_begins(("u", name, _int_or_none(executed)))
         self._units[name] = None
         frame = self._frame
         if isinstance(executed, int):
@@ -287,6 +306,9 @@ class Trace:
     def _channels(self, name: str, kept: Any) -> None:
         """A gated unit's kept output channels over the current frame: an int or per row."""
         self._events += 1
+        if self._call is not None:
+            self._segment_ends()
+            self._segment_begins(("c", name, _int_or_none(kept)))
         self._gated[name] = None
         frame = self._frame
         if isinstance(kept, int):
@@ -301,6 +323,9 @@ class Trace:
         tensor, or `margin(*args)`, computed only when the margins are read (a forward pass
         pays no kernels for a record that is seldom read)."""
         self._events += 1
+        if self._call is not None:
+            self._segment_ends()
+            self._segment_begins(("m", name))
         if self._device is None:
             self._see(args[0] if args else margin)
         frame = self._frame
@@ -310,6 +335,8 @@ class Trace:
         """Enter a sub-computation on rows `idx` of the current frame (None: the same rows),
         whose rows with `theo` False run only because the engine computes everything."""
         self._events += 1
+        if self._call is not None:
+            self._segment_ends()
         parent = self._frame
         if idx is None:
             rows, batch, parent_theo = parent.rows, parent.batch, parent.theo
@@ -321,10 +348,16 @@ class Trace:
             theo = parent_theo if theo is None else parent_theo & theo
         self._stack.append(parent)
         self._frame = _Frame(rows, batch, theo)
+        if self._call is not None:
+            self._segment_begins(("p", batch, theo is None))
 
     def _pop(self) -> None:
+        if self._call is not None:
+            self._segment_ends()
         self._flush(self._frame)
         self._frame = self._stack.pop()
+        if self._call is not None:
+            self._segment_begins(("q",))
 
     def _flush(self, frame: _Frame) -> None:
         batch = frame.batch or 1
@@ -351,19 +384,13 @@ class Trace:
         frame.other = frame.units = frame.channels = None
 
     # --- static parts (see _StaticPart) ------------------------------------------------------
-    def _mark(self) -> tuple:
-        self._recording += 1
+    def _snapshot(self) -> tuple:
         frame = self._frame
-        return (frame, self._events, self._ctrl_depth, frame.macs, frame.ctrl,
-                dict(self._by_kind), dict(frame.other or {}))  # fmt: skip
+        return (frame, frame.macs, frame.ctrl, dict(self._by_kind), dict(frame.other or {}))
 
-    def _counted_since(self, mark: tuple) -> _Costs | None:
-        """What the counter counted since `mark`, or None if routing was recorded meanwhile
-        (then the part is not static and is never replayed)."""
-        self._recording -= 1
-        frame, events, ctrl_depth, macs, ctrl, by_kind, other = mark
-        if frame is not self._frame or events != self._events or ctrl_depth != self._ctrl_depth:
-            return None
+    def _counted_after(self, snapshot: tuple) -> _Costs:
+        """What the counter counted into the current frame since `snapshot`."""
+        frame, macs, ctrl, by_kind, other = snapshot
         macs_by_kind = tuple(
             (kind, total - by_kind.get(kind, 0))
             for kind, total in self._by_kind.items() if total != by_kind.get(kind, 0)
@@ -373,6 +400,19 @@ class Trace:
             for kind, total in (frame.other or {}).items() if total != other.get(kind, 0)
         )
         return _Costs(frame.macs - macs, frame.ctrl - ctrl, macs_by_kind, others)
+
+    def _mark(self) -> tuple:
+        self._recording += 1
+        return (self._events, self._ctrl_depth, self._snapshot())
+
+    def _counted_since(self, mark: tuple) -> _Costs | None:
+        """What the counter counted since `mark`, or None if routing was recorded meanwhile
+        (then the part is not static and is never replayed)."""
+        self._recording -= 1
+        events, ctrl_depth, snapshot = mark
+        if snapshot[0] is not self._frame or events != self._events or ctrl_depth != self._ctrl_depth:
+            return None
+        return self._counted_after(snapshot)
 
     def _replay(self, costs: _Costs, args: tuple) -> None:
         if self._device is None:
@@ -390,6 +430,59 @@ class Trace:
             other = frame.other
             for kind, elements in costs.other:
                 other[kind] = other.get(kind, 0) + elements
+
+    # --- dynamic parts' segments (see _DynamicPart) -------------------------------------------
+    def _segment_begins(self, event: Any) -> None:
+        """Open the next segment of the innermost dynamic call after `event` (a routing record,
+        a frame change, a nested call's path)."""
+        call = self._call
+        if call.node is not None:
+            call.node = call.part.child(call.node, event)
+        self._segment_opens(call)
+
+    def _segment_opens(self, call: _Call) -> None:
+        """Replay the segment starting at `call`'s node if it was counted before, else count
+        it (and remember the count unless it read values)."""
+        node = call.segment = call.node
+        costs = None if node is None else node.costs
+        if costs is None or costs is _LIVE:
+            call.state = _RECORD if (costs is None and node is not None) else _LIVE
+            if call.state is _RECORD:
+                call.snapshot = self._snapshot()
+                call.read = False
+            if self._quiet:
+                self._quiet = False
+                _sync(self)
+            return
+        call.state = _REPLAY
+        if not self._quiet:
+            self._quiet = True
+            _sync(self)
+            if self._on:  # another mode sits above the counter: count this segment instead
+                self._quiet = False
+                call.state = _LIVE
+
+    def _segment_ends(self) -> None:
+        call = self._call
+        state = call.state
+        if state is _REPLAY:
+            if self._device is None:
+                self._see(call.first)
+            self._replay(call.segment.costs, ())
+        elif state is _RECORD:
+            call.segment.costs = _LIVE if call.read else self._counted_after(call.snapshot)
+            call.snapshot = None
+
+    def _value_read(self, func: Any, out: Any) -> None:
+        """A counted call in a dynamic call read tensor values: its outcome joins the path
+        (what follows may branch on it), and the segment it is in is counted on every call."""
+        call = self._call
+        if call.state is _RECORD:
+            call.read = True
+        if call.node is not None:
+            outcome = _outcome(out)
+            step = (getattr(func, "__name__", func), outcome)
+            call.node = None if outcome is None else call.part.child(call.node, step)
 
     # --- results ----------------------------------------------------------------------------
     def _materialize(self) -> dict[Any, Any]:
@@ -643,8 +736,11 @@ class _FunctionCounter(TorchFunctionMode):
         tr = _ACTIVE
         if tr is None or tr._suppress:
             return out
-        if tr._recording and _reads_values(func, args):
-            tr._events += 1  # the static part may branch on its data: never replay it
+        if (tr._recording or tr._call is not None) and _reads_values(func, args):
+            if tr._recording:
+                tr._events += 1  # the static part may branch on its data: never replay it
+            if tr._call is not None:
+                tr._value_read(func, out)
         try:
             rule = _FUNCTION_RULES[func]
         except (KeyError, TypeError):
@@ -711,7 +807,9 @@ class _Suppressed:
         tr = self.tr
         if tr is not None:
             tr._suppress += 1
-            if tr._mode is not None:
+            # (nothing to switch off while the stack is empty: a primitive holds the counter
+            # off, or a segment is being replayed)
+            if tr._mode is not None and torch._C._len_torch_function_stack():
                 self.off = torch._C.DisableTorchFunction()
                 self.off.__enter__()
 
@@ -760,10 +858,11 @@ class _StaticPart:
 
         def replaying_forward(*args: Any, **kwargs: Any) -> Any:
             tr = _ACTIVE
-            if tr is None or tr._replaying or tr._paused is not None or part.dynamic:
+            if tr is None or not tr._on or tr._replaying or part.dynamic:
                 return forward(*args, **kwargs)
             _pause(tr)
-            if tr._paused is None:  # no function counter on top of the stack: nothing to replay
+            if tr._on:  # another mode sits above the counter: it cannot be taken off
+                _unpause(tr)
                 return forward(*args, **kwargs)
             try:
                 key = _input_key((part.module.training, tr._ctrl_depth > 0), args, kwargs)
@@ -859,6 +958,132 @@ def _static_parts(model: nn.Module) -> list[nn.Module]:
 
     collect(model)
     return list({id(m): m for m in parts}.values())
+
+
+# --- replaying the counts of a dynamic part's own code, path by path -------------------------
+#
+# A dynamic module's own code (pooling a gate's input, scaling, the residual sum, shape reads)
+# would pay the interception on every call. By the same contract, what one call of it counts
+# between two routing records is a function of its input key and of the path taken so far:
+# the records made (units, kept channels, costs, frames entered: each a decision's outcome), the
+# outcomes of the values it read through torch (`.item()`, `bool()`, `nonzero()`: seen because
+# such a segment is always intercepted) and the paths of the dynamic calls nested in it. Each
+# dynamic module (but GatedConv2d, which counts itself) keeps a tree of the paths its calls
+# took, each node holding what the segment that starts there counted; a segment met again is
+# replayed with the interceptor off, until the next routing record.
+
+_RECORD, _REPLAY, _LIVE = "record", "replay", "live"  # a segment's state; _LIVE: always counted
+_MAX_NODES = 4096  # per dynamic module: past it, new paths are counted, not remembered
+
+
+class _Node:
+    """A point on a dynamic module's path tree: what the segment starting here counted."""
+
+    __slots__ = ("next", "costs")
+
+    def __init__(self) -> None:
+        self.next: dict[Any, _Node] = {}
+        self.costs: _Costs | str | None = None  # None: not met yet; _LIVE: it reads values
+
+
+class _Call:
+    """One open call of a dynamic module inside a trace."""
+
+    __slots__ = ("part", "node", "segment", "state", "snapshot", "read", "first")
+
+    def __init__(self, part: _DynamicPart, node: _Node | None, first: Any):
+        self.part, self.node, self.segment, self.first = part, node, node, first
+        self.state = _LIVE
+        self.snapshot: tuple | None = None
+        self.read = False
+
+
+class _DynamicPart:
+    """A dynamic module of a traced model and the tree of paths its calls took."""
+
+    __slots__ = ("module", "forward", "roots", "nodes")
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.forward = self._tracking(module.forward)
+        self.roots: dict[Any, _Node] = {}
+        self.nodes = 0
+
+    def child(self, node: _Node, event: Any) -> _Node | None:
+        found = node.next.get(event)
+        if found is None and self.nodes < _MAX_NODES:
+            found = node.next[event] = _Node()
+            self.nodes += 1
+        return found
+
+    def _tracking(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+        part = self
+        module = self.module
+
+        def tracking_forward(*args: Any, **kwargs: Any) -> Any:
+            tr = _ACTIVE
+            if tr is None or tr._mode is None or tr._replaying:
+                return forward(*args, **kwargs)
+            parent = tr._call
+            if parent is not None:
+                tr._segment_ends()
+            key = _input_key((module.training, tr._ctrl_depth > 0, torch.is_grad_enabled()), args, kwargs)
+            node = None
+            if key is not None:
+                node = part.roots.get(key)
+                if node is None and part.nodes < _MAX_NODES:
+                    node = part.roots[key] = _Node()
+                    part.nodes += 1
+            call = tr._call = _Call(part, node, _first_tensor(args))
+            tr._segment_opens(call)
+            finished = False
+            try:
+                out = forward(*args, **kwargs)
+                tr._segment_ends()
+                finished = True
+                return out
+            finally:
+                tr._call = parent
+                if parent is None:
+                    if tr._quiet:
+                        tr._quiet = False
+                        _sync(tr)
+                else:
+                    if not finished or call.node is None:
+                        parent.node = None
+                    tr._segment_begins(call.node)
+
+        return tracking_forward
+
+
+def _int_or_none(value: Any) -> int | None:
+    """A record's value on a path: the number itself, None for a tensor (rows that differ do
+    not steer the model's code: what does is read through torch and seen, or enters a frame)."""
+    return value if isinstance(value, int) else None
+
+
+def _outcome(out: Any) -> Any:
+    """What a value read returned, as a path step: numbers and booleans as they are, tensors by
+    shape (a read whose result is a tensor, like `nonzero`, steers the code by its size; its
+    values are read again through torch if they steer more); None where it cannot be held."""
+    if isinstance(out, (bool, int, float, complex, str, type(None))):
+        return ("=", out)
+    if isinstance(out, torch.Tensor):
+        return tuple(out.shape)
+    if isinstance(out, (tuple, list)):
+        steps = tuple(_outcome(o) for o in out)
+        return None if any(step is None for step in steps) else steps
+    return None
+
+
+def _dynamic_parts(model: nn.Module) -> list[nn.Module]:
+    """The dynamic modules of `model` whose calls a trace follows path by path: every
+    DynamicModule but GatedConv2d (it reports its own costs; none of its code is counted) and
+    modules whose forward is set on the instance."""
+    return [
+        m for m in model.modules()
+        if isinstance(m, DynamicModule) and not isinstance(m, GatedConv2d) and "forward" not in m.__dict__
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1171,9 +1396,12 @@ def route(
     selection does not call the module at all, a full one calls it on `x` itself (no copy).
     Masked engine: calls the module on every row and selects (or blends) by the decision.
     """
-    if (keep is True and _ACTIVE is None and (engine or DEFAULT_ENGINE) == "sparse" and x.shape[0] == 1
+    if (_ACTIVE is None and x.shape[0] == 1 and (engine or DEFAULT_ENGINE) == "sparse"
             and not isinstance(default, torch.Tensor)):  # fmt: skip
-        # batch 1, decided in Python to run, outside a trace: nothing to gather or record
+        # batch 1 outside a trace: a Python branch, nothing to gather or record
+        if keep.__class__ is torch.Tensor and keep.dtype == torch.bool and keep.numel() == 1:
+            keep = bool(keep)
+    if keep is True and _ACTIVE is None and (engine or DEFAULT_ENGINE) == "sparse" and x.shape[0] == 1:
         for extra in rows:
             if extra.__class__ is not torch.Tensor or extra.dim() == 0 or extra.shape[0] != 1:
                 _check_rows(unit or "route", extra, 1, "every per-row input")
@@ -1215,39 +1443,52 @@ def _route(
     return _route_sparse(module, x, rows, hard, gate, default, unit, out_shape, tr)
 
 
-def _pause(tr: Trace | None) -> None:
-    """Take the trace's function counter off while a primitive does its own bookkeeping
-    (decisions, shape checks, index kernels: not the model's work, and each intercepted call
-    costs a microsecond or more); `_counted` puts it back for the model's code the primitive
-    runs. Only when the counter is on top of the torch-function stack."""
-    if tr is None or tr._mode is None or tr._paused is not None or tr._suppress or tr._replaying:
+def _sync(tr: Trace) -> None:
+    """Put the trace's function counter on the torch-function stack, or take it off, as its
+    state wants: off while a primitive holds it (`_hold`) or a replayed segment runs
+    (`_quiet`). Taking it off needs it on top of the stack; where another mode sits above it,
+    it stays on (`tr._on` says which)."""
+    want = not (tr._hold or tr._quiet)
+    if want is tr._on:
         return
-    if torch._C._len_torch_function_stack():
+    if want:
+        torch._C._push_on_torch_function_stack(tr._mode)
+        tr._on = True
+    elif torch._C._len_torch_function_stack():
         top = torch._C._pop_torch_function_stack()
         if top is tr._mode:
-            tr._paused = top
+            tr._on = False
         else:
             torch._C._push_on_torch_function_stack(top)
 
 
+def _pause(tr: Trace | None) -> None:
+    """Take the trace's function counter off while a primitive does its own bookkeeping
+    (decisions, shape checks, index kernels: not the model's work, and each intercepted call
+    costs a microsecond or more); `_counted` puts it back for the model's code the primitive
+    runs."""
+    if tr is not None and tr._mode is not None:
+        tr._hold += 1
+        _sync(tr)
+
+
 def _unpause(tr: Trace | None) -> None:
-    if tr is not None and tr._paused is not None:
-        torch._C._push_on_torch_function_stack(tr._paused)
-        tr._paused = None
+    if tr is not None and tr._mode is not None:
+        tr._hold -= 1
+        _sync(tr)
 
 
 def _counted(tr: Trace | None, fn: Callable[..., Any], *args: Any) -> Any:
-    """`fn(*args)` — the model's code called by a primitive — with a paused counter back on."""
-    mode = None if tr is None else tr._paused
-    if mode is None:
+    """`fn(*args)` — the model's code called by a primitive — with a held counter released."""
+    if tr is None or not tr._hold or tr._replaying:
         return fn(*args)
-    torch._C._push_on_torch_function_stack(mode)
-    tr._paused = None
+    hold, tr._hold = tr._hold, 0
+    _sync(tr)
     try:
         return fn(*args)
     finally:
-        torch._C._pop_torch_function_stack()
-        tr._paused = mode
+        tr._hold = hold
+        _sync(tr)
 
 
 def route_rows(

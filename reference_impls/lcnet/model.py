@@ -232,9 +232,9 @@ class LCNetBlock(DynamicModule):
         if self.training:
             keep = straight_through(s, self.tau_l)
         else:
+            # at batch 1 the sparse engine branches in Python on it (inside `route`: a decision
+            # read in the block's own code would be intercepted inside a trace)
             keep = decide_threshold(s, self.tau_l, unit=unit)
-            if x.shape[0] == 1 and self.engine == "sparse":
-                keep = bool(keep[0])  # one sample: a Python branch (route reads it back anyway)
         return self.route(self._branch, x, keep, s, pooled, unit=unit)
 
     def _branch(self, x: torch.Tensor, s: torch.Tensor | None, pooled: torch.Tensor | None) -> torch.Tensor:

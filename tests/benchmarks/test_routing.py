@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.data import load_split
@@ -18,7 +19,9 @@ from benchmarks.routing import (
     DynamicModule,
     GatedConv2d,
     SampleRouter,
+    _Costs,
     active_trace,
+    decide_threshold,
     is_dynamic,
     mark_controller,
     route,
@@ -669,3 +672,96 @@ def test_replay_needs_the_functions_counter_and_undoes_itself_on_errors():
         model(torch.ones(2, 4))
         model(torch.ones(2, 4))
     assert t.macs_executed.tolist() == [32, 32]
+
+
+# --- dynamic modules: their own code's counts replayed path by path -------------------------
+
+
+class _ReadsItsDecision(DynamicModule):
+    """A dynamic module that reads a value in its own code (`bool()`) and branches on it after
+    its next routing record, routes a block, and branches again on a read."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.wide = nn.Linear(8, 1), nn.Linear(8, 8)
+        self.block = nn.Linear(8, 8)
+        self.small, self.big = nn.Linear(8, 2), nn.Sequential(nn.Linear(8, 64), nn.Linear(64, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positive = bool((x.sum(1) > 0).all())  # a value read in the module's own code
+        keep = decide_threshold(self.gate(x).squeeze(1), 0.0, unit="gate")
+        h = self.wide(x).relu() if positive else x * 2  # steered by the read, after a record
+        h = self.route(self.block, h, keep, unit="block") + h
+        if bool(keep.all()):
+            return self.big(h.relu())
+        return self.small(h)
+
+
+class _Nested(DynamicModule):
+    """A dynamic module whose code after a nested dynamic call depends on that call's path."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = _ReadsItsDecision()
+        self.head = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        return self.head(y * y).sum(1, keepdim=True) + y.mean()
+
+
+@pytest.mark.parametrize("make", [_ReadsItsDecision, _Nested])
+def test_dynamic_code_replayed_path_by_path_counts_what_interception_counts(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    set_engine(model, "sparse")
+    inner = model if isinstance(model, _ReadsItsDecision) else model.inner
+    with torch.no_grad():
+        inner.gate.weight.copy_(torch.ones(1, 8))
+        inner.gate.bias.zero_()
+    pos, neg, mixed = torch.ones(1, 8), -torch.ones(1, 8), torch.tensor([[1.0] * 8, [-1.0] * 8])
+    batches = [pos, neg, pos, neg, mixed, pos, mixed, torch.cat([pos, pos]), mixed]
+    pairs, cache = _replayed_and_intercepted(model, batches)
+    for i, (replayed, intercepted) in enumerate(pairs):
+        assert replayed == intercepted, f"batch {i}"
+    assert pairs[0][0]["executed"] != pairs[1][0]["executed"]
+    parts = cache[("static parts", id(model))][2]
+    assert {p.module for p in parts} == {m for m in model.modules() if isinstance(m, DynamicModule)}
+    nodes = [n for p in parts for root in p.roots.values() for n in _path_nodes(root)]
+    assert any(isinstance(n.costs, _Costs) for n in nodes)  # something was replayed
+    assert any(n.costs == "live" for n in nodes)  # the segment with the read never is
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def _path_nodes(node):
+    yield node
+    for child in node.next.values():
+        yield from _path_nodes(child)
+
+
+class _Passthrough(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_replayed_segment_gives_the_counter_back_on_errors_and_under_other_modes():
+    torch.manual_seed(0)
+    model = _ReadsItsDecision().eval()
+    set_engine(model, "sparse")
+    x = torch.ones(1, 8)
+    cache: dict = {}
+    with torch.no_grad(), trace(cache=cache, model=model) as first:
+        model(x)
+    depth = torch._C._len_torch_function_stack()
+    with pytest.raises(RuntimeError, match="boom"), torch.no_grad(), trace(cache=cache, model=model):
+        model.small.register_forward_pre_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+        model.big.register_forward_pre_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+        model(x)
+    model.small._forward_pre_hooks.clear()
+    model.big._forward_pre_hooks.clear()
+    assert torch._C._len_torch_function_stack() == depth and "forward" not in model.__dict__
+    with torch.no_grad(), trace(cache=cache, model=model) as under, _Passthrough():
+        model(x)  # a mode above the counter: it cannot be taken off, so everything is counted
+    with torch.no_grad(), trace(cache=cache, model=model) as again:
+        model(x)
+    assert trace_record(under) == trace_record(again) == trace_record(first)
