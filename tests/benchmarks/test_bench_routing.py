@@ -6,8 +6,9 @@ eval mode under no_grad; the plain and traced calls are interleaved so that mach
 both alike, and the ratio of medians is reported (targets: <= 1.05 at batch 1, <= 1.02 at
 batch 64). The traced call includes reading the per-sample tensors; the trace counts with its
 default (`functions`) counter, as the harness traces: with a measurement run's cache and the
-model, so that the counts of the model's static parts are replayed (`traced/plain`); the same
-trace intercepting every call is reported beside it (`intercepted/plain`). Models: the static
+model, so that the counts of the model's static parts, and of its dynamic modules' own code
+path by path, are replayed (`traced/plain`); the same trace intercepting every call is
+reported beside it (`intercepted/plain`). Models: the static
 `cifar_resnet56`, the ResNet-56-sized toy L-Net (block skipping through sample routing) and
 LC-Net L on ResNet-56 (controllers centred on val images so that about half the blocks run;
 sparse engine). Run with `tox -e bench` (or `pytest -m benchmark --benchmark-only`).
