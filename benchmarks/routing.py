@@ -322,10 +322,8 @@ class Trace:
         """How far each row of the current frame was from flipping `name`'s decision: a
         tensor, or `margin(*args)`, computed only when the margins are read (a forward pass
         pays no kernels for a record that is seldom read)."""
-        self._events += 1
-        if self._call is not None:
-            self._segment_ends()
-            self._segment_begins(("m", name))
+        self._events += 1  # (no segment boundary: a margin changes no count; the decision's
+        # outcome joins the path where it is used, e.g. in the unit `route` records)
         if self._device is None:
             self._see(args[0] if args else margin)
         frame = self._frame
@@ -436,8 +434,9 @@ class Trace:
         """Open the next segment of the innermost dynamic call after `event` (a routing record,
         a frame change, a nested call's path)."""
         call = self._call
-        if call.node is not None:
-            call.node = call.part.child(call.node, event)
+        node = call.node
+        if node is not None:
+            call.node = node.next.get(event) or call.part.child(node, event)
         self._segment_opens(call)
 
     def _segment_opens(self, call: _Call) -> None:
@@ -467,8 +466,10 @@ class Trace:
         state = call.state
         if state is _REPLAY:
             if self._device is None:
-                self._see(call.first)
-            self._replay(call.segment.costs, ())
+                self._see(_first_tensor(call.args))
+            costs = call.segment.costs
+            if costs.macs or costs.other:
+                self._replay(costs, ())
         elif state is _RECORD:
             call.segment.costs = _LIVE if call.read else self._counted_after(call.snapshot)
             call.snapshot = None
@@ -791,6 +792,12 @@ def _reads_values(func: Any, args: tuple) -> bool:
     return name == "where" and len(args) == 1
 
 
+def _counting(tr: Trace) -> bool:
+    """Whether a counter would see a primitive's internal calls now (the function counter on
+    the stack, or the module counter's hook), so that they need suppressing."""
+    return tr._on or tr._handle is not None
+
+
 class _Suppressed:
     """Primitives report their own costs exactly; their internal calls are not counted. Under
     the `functions` counter the torch-function layer is switched off for the block as well:
@@ -989,10 +996,10 @@ class _Node:
 class _Call:
     """One open call of a dynamic module inside a trace."""
 
-    __slots__ = ("part", "node", "segment", "state", "snapshot", "read", "first")
+    __slots__ = ("part", "node", "segment", "state", "snapshot", "read", "args")
 
-    def __init__(self, part: _DynamicPart, node: _Node | None, first: Any):
-        self.part, self.node, self.segment, self.first = part, node, node, first
+    def __init__(self, part: _DynamicPart, node: _Node | None, args: tuple):
+        self.part, self.node, self.segment, self.args = part, node, node, args
         self.state = _LIVE
         self.snapshot: tuple | None = None
         self.read = False
@@ -1027,14 +1034,18 @@ class _DynamicPart:
             parent = tr._call
             if parent is not None:
                 tr._segment_ends()
-            key = _input_key((module.training, tr._ctrl_depth > 0, torch.is_grad_enabled()), args, kwargs)
+            state = (module.training, tr._ctrl_depth > 0, torch.is_grad_enabled())
+            if len(args) == 1 and not kwargs and args[0].__class__ is torch.Tensor:
+                key = (state, args[0].shape, args[0].dtype)  # the common case, without the loop
+            else:
+                key = _input_key(state, args, kwargs)
             node = None
             if key is not None:
                 node = part.roots.get(key)
                 if node is None and part.nodes < _MAX_NODES:
                     node = part.roots[key] = _Node()
                     part.nodes += 1
-            call = tr._call = _Call(part, node, _first_tensor(args))
+            call = tr._call = _Call(part, node, args)
             tr._segment_opens(call)
             finished = False
             try:
@@ -1268,6 +1279,9 @@ def decide_threshold(score: torch.Tensor, tau: float, *, unit: str) -> torch.Ten
     tr = _ACTIVE
     if tr is None:
         return score >= tau
+    if not _counting(tr):
+        tr._margin(unit, _threshold_margin, score.detach(), tau)
+        return score >= tau
     with _Suppressed(tr):  # the decision and its record are the primitive's work, not the model's
         keep = score >= tau
         tr._margin(unit, _threshold_margin, score.detach(), tau)
@@ -1396,22 +1410,41 @@ def route(
     selection does not call the module at all, a full one calls it on `x` itself (no copy).
     Masked engine: calls the module on every row and selects (or blends) by the decision.
     """
-    if (_ACTIVE is None and x.shape[0] == 1 and (engine or DEFAULT_ENGINE) == "sparse"
-            and not isinstance(default, torch.Tensor)):  # fmt: skip
-        # batch 1 outside a trace: a Python branch, nothing to gather or record
-        if keep.__class__ is torch.Tensor and keep.dtype == torch.bool and keep.numel() == 1:
-            keep = bool(keep)
-    if keep is True and _ACTIVE is None and (engine or DEFAULT_ENGINE) == "sparse" and x.shape[0] == 1:
-        for extra in rows:
-            if extra.__class__ is not torch.Tensor or extra.dim() == 0 or extra.shape[0] != 1:
-                _check_rows(unit or "route", extra, 1, "every per-row input")
-        return module(x, *rows)
     tr = _ACTIVE
+    if x.shape[0] == 1 and (engine or DEFAULT_ENGINE) == "sparse" and not isinstance(default, torch.Tensor):
+        # batch 1: a Python branch, nothing to gather; inside a trace, one unit record
+        run = _one_row_decision(keep, tr)
+        if run is True or (run is False and default is IDENTITY):
+            for extra in rows:
+                if extra.__class__ is not torch.Tensor or extra.dim() == 0 or extra.shape[0] != 1:
+                    _check_rows(unit or "route", extra, 1, "every per-row input")
+            if tr is not None:
+                if tr._device is None:
+                    tr._see(x)
+                tr._unit(unit or getattr(module, "__name__", None) or type(module).__name__, 1 if run else 0)
+            return module(x, *rows) if run else x
     _pause(tr)
     try:
         return _route(module, x, keep, rows, default, unit, engine, out_shape, tr)
     finally:
         _unpause(tr)
+
+
+def _one_row_decision(keep: Any, tr: Trace | None) -> bool | None:
+    """A one-row batch's hard decision as a Python bool (read with the counter held off: the
+    primitive's work), or None where it is not one (a float gate, a malformed decision: the
+    general path handles and checks those)."""
+    if keep is True or keep is False:
+        return keep
+    if tr is not None and tr._on:
+        _pause(tr)
+        try:
+            return _one_row_decision(keep, None)
+        finally:
+            _unpause(tr)
+    if keep.__class__ is torch.Tensor and keep.dtype == torch.bool and keep.numel() == 1:
+        return bool(keep)
+    return None
 
 
 def _route(
@@ -1929,12 +1962,22 @@ class GatedConv2d(DynamicModule):
         return self(x)
 
     def _traced_dense(self, x: torch.Tensor, tr: Trace) -> torch.Tensor:
-        """No decision, inside a trace: the plain layer, counted in full."""
-        with _Suppressed(tr):  # it reports its own costs: nothing in it is the counter's to count
-            if tr._device is None:
-                tr._see(x)
+        """No decision, inside a trace: the plain layer, counted in full. Its cost is a function
+        of its input shape, as a static layer's (executed = theoretical, no routing record): in
+        a replayed segment it is part of the segment's count, and only its kernels run."""
+        if tr._quiet:
+            return self._dense(x, None, None, None)
+        if tr._device is None:
+            tr._see(x)
+        if _counting(tr):
+            with _Suppressed(tr):  # it reports its own costs: nothing in it is the counter's to count
+                y = self._dense(x, None, None, None)
+        else:
             y = self._dense(x, None, None, None)
-            self._record_dense(tr, y, None, None, "")
+        if tr.counter is not None:
+            conv = self.conv
+            macs = conv.out_channels * (conv.in_channels // conv.groups) * self._per_pair(y)
+            tr._count("conv", macs * tr._frame.batch, x)
         return y
 
     def _dense(
