@@ -291,8 +291,7 @@ class Trace:
         """A routing unit's decision over the current frame: 1 / 0, or a boolean per row."""
         self._events += 1
         if self._call is not None:
-            self._segment_ends()
-            self._segment_begins(("u", name, _int_or_none(executed)))
+            self._segment_step(("u", name, executed if executed.__class__ is int else None))
         self._units[name] = None
         frame = self._frame
         if isinstance(executed, int):
@@ -307,8 +306,7 @@ class Trace:
         """A gated unit's kept output channels over the current frame: an int or per row."""
         self._events += 1
         if self._call is not None:
-            self._segment_ends()
-            self._segment_begins(("c", name, _int_or_none(kept)))
+            self._segment_step(("c", name, kept if kept.__class__ is int else None))
         self._gated[name] = None
         frame = self._frame
         if isinstance(kept, int):
@@ -436,8 +434,24 @@ class Trace:
         call = self._call
         node = call.node
         if node is not None:
-            call.node = node.next.get(event) or call.part.child(node, event)
+            node = call.node = node.next.get(event) or call.part.child(node, event)
+            if self._quiet and node is not None and node.costs.__class__ is _Costs:
+                call.segment, call.state = node, _REPLAY  # replayed as well: the counter stays off
+                return
         self._segment_opens(call)
+
+    def _segment_step(self, event: Any) -> None:
+        """`_segment_ends()` then `_segment_begins(event)`: a routing record inside the call."""
+        call = self._call
+        if call.state is _REPLAY:
+            costs = call.segment.costs
+            if costs.macs or costs.other:
+                if self._device is None:
+                    self._see(_first_tensor(call.args))
+                self._replay(costs, ())
+        else:
+            self._segment_ends()
+        self._segment_begins(event)
 
     def _segment_opens(self, call: _Call) -> None:
         """Replay the segment starting at `call`'s node if it was counted before, else count
@@ -1279,7 +1293,7 @@ def decide_threshold(score: torch.Tensor, tau: float, *, unit: str) -> torch.Ten
     tr = _ACTIVE
     if tr is None:
         return score >= tau
-    if not _counting(tr):
+    if not (tr._on or tr._handle is not None):  # nothing would see its calls (see _counting)
         tr._margin(unit, _threshold_margin, score.detach(), tau)
         return score >= tau
     with _Suppressed(tr):  # the decision and its record are the primitive's work, not the model's
@@ -1955,8 +1969,8 @@ class GatedConv2d(DynamicModule):
         if self._forward_hooks or self._forward_pre_hooks or _global_forward_hooks():
             return self(x)
         tr = _ACTIVE
-        if tr is not None:
-            return self._traced_dense(x, tr)
+        if tr is not None:  # (in a replayed segment its count is the segment's: kernels only)
+            return self._dense(x, None, None, None) if tr._quiet else self._traced_dense(x, tr)
         if not self.training and not torch.is_grad_enabled():
             return self._dense(x, None, None, None)
         return self(x)
