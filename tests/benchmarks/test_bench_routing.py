@@ -8,7 +8,8 @@ batch 64). The traced call includes reading the per-sample tensors; the trace co
 default (`functions`) counter, as the harness traces: with a measurement run's cache and the
 model, so that the counts of the model's static parts, and of its dynamic modules' own code
 path by path, are replayed (`traced/plain`); the same trace intercepting every call is
-reported beside it (`intercepted/plain`). Models: the static
+reported beside it (`intercepted/plain`), and the trace with no counter at all (`no
+counter/plain`: what the routing records and reading them cost by themselves). Models: the static
 `cifar_resnet56`, the ResNet-56-sized toy L-Net (block skipping through sample routing) and
 LC-Net L on ResNet-56 (controllers centred on val images so that about half the blocks run;
 sparse engine). Run with `tox -e bench` (or `pytest -m benchmark --benchmark-only`).
@@ -98,20 +99,27 @@ def test_trace_overhead(benchmark, name, batch):
                 model(x)
             return t.macs_executed, t.macs_controller, t.units_executed
 
+        def no_counter():
+            with torch.no_grad(), trace(batch_size=batch, counter=None) as t:
+                model(x)
+            return t.macs_executed, t.macs_controller, t.units_executed
+
         assert all(torch.equal(a, b) for a, b in zip(traced()[:2], intercepted()[:2], strict=True))
         median = interleaved_times(
-            {"plain": plain, "traced": traced, "intercepted": intercepted},
+            {"plain": plain, "traced": traced, "intercepted": intercepted, "no_counter": no_counter},
             rounds=15 if batch > 1 else 60,
         )
         ratio = median["traced"] / median["plain"]
         full = median["intercepted"] / median["plain"]
+        floor = median["no_counter"] / median["plain"]
         benchmark.extra_info.update(
             {"model": name, "batch": batch, "plain_ms": median["plain"] * 1e3,
              "traced_ms": median["traced"] * 1e3, "overhead_ratio": ratio,
-             "intercepted_ratio": full}
+             "intercepted_ratio": full, "no_counter_ratio": floor}
         )  # fmt: skip
         print(f"\n{name} batch {batch}: plain {median['plain'] * 1e3:.2f} ms, traced "
-              f"{median['traced'] * 1e3:.2f} ms, traced/plain {ratio:.3f}, intercepted/plain {full:.3f}")
+              f"{median['traced'] * 1e3:.2f} ms, traced/plain {ratio:.3f}, intercepted/plain {full:.3f}, "
+              f"no counter/plain {floor:.3f}")
         benchmark.pedantic(traced, rounds=3, iterations=1)
     finally:
         torch.set_num_threads(threads)
