@@ -442,15 +442,7 @@ class Trace:
 
     def _segment_step(self, event: Any) -> None:
         """`_segment_ends()` then `_segment_begins(event)`: a routing record inside the call."""
-        call = self._call
-        if call.state is _REPLAY:
-            costs = call.segment.costs
-            if costs.macs or costs.other:
-                if self._device is None:
-                    self._see(_first_tensor(call.args))
-                self._replay(costs, ())
-        else:
-            self._segment_ends()
+        self._segment_ends()
         self._segment_begins(event)
 
     def _segment_opens(self, call: _Call) -> None:
@@ -806,12 +798,6 @@ def _reads_values(func: Any, args: tuple) -> bool:
     return name == "where" and len(args) == 1
 
 
-def _counting(tr: Trace) -> bool:
-    """Whether a counter would see a primitive's internal calls now (the function counter on
-    the stack, or the module counter's hook), so that they need suppressing."""
-    return tr._on or tr._handle is not None
-
-
 class _Suppressed:
     """Primitives report their own costs exactly; their internal calls are not counted. Under
     the `functions` counter the torch-function layer is switched off for the block as well:
@@ -1022,12 +1008,12 @@ class _Call:
 class _DynamicPart:
     """A dynamic module of a traced model and the tree of paths its calls took."""
 
-    __slots__ = ("module", "forward", "roots", "nodes")
+    __slots__ = ("module", "forward", "root", "nodes")
 
     def __init__(self, module: nn.Module):
         self.module = module
         self.forward = self._tracking(module.forward)
-        self.roots: dict[Any, _Node] = {}
+        self.root = _Node()  # its first steps: the calls' input keys
         self.nodes = 0
 
     def child(self, node: _Node, event: Any) -> _Node | None:
@@ -1053,12 +1039,7 @@ class _DynamicPart:
                 key = (state, args[0].shape, args[0].dtype)  # the common case, without the loop
             else:
                 key = _input_key(state, args, kwargs)
-            node = None
-            if key is not None:
-                node = part.roots.get(key)
-                if node is None and part.nodes < _MAX_NODES:
-                    node = part.roots[key] = _Node()
-                    part.nodes += 1
+            node = None if key is None else part.child(part.root, key)
             call = tr._call = _Call(part, node, args)
             tr._segment_opens(call)
             finished = False
@@ -1292,9 +1273,6 @@ def decide_threshold(score: torch.Tensor, tau: float, *, unit: str) -> torch.Ten
     one that sat on the threshold and flipped with the last bit of a CPU kernel."""
     tr = _ACTIVE
     if tr is None:
-        return score >= tau
-    if not (tr._on or tr._handle is not None):  # nothing would see its calls (see _counting)
-        tr._margin(unit, _threshold_margin, score.detach(), tau)
         return score >= tau
     with _Suppressed(tr):  # the decision and its record are the primitive's work, not the model's
         keep = score >= tau
@@ -1969,8 +1947,8 @@ class GatedConv2d(DynamicModule):
         if self._forward_hooks or self._forward_pre_hooks or _global_forward_hooks():
             return self(x)
         tr = _ACTIVE
-        if tr is not None:  # (in a replayed segment its count is the segment's: kernels only)
-            return self._dense(x, None, None, None) if tr._quiet else self._traced_dense(x, tr)
+        if tr is not None:
+            return self._traced_dense(x, tr)
         if not self.training and not torch.is_grad_enabled():
             return self._dense(x, None, None, None)
         return self(x)
@@ -1981,12 +1959,9 @@ class GatedConv2d(DynamicModule):
         a replayed segment it is part of the segment's count, and only its kernels run."""
         if tr._quiet:
             return self._dense(x, None, None, None)
-        if tr._device is None:
-            tr._see(x)
-        if _counting(tr):
-            with _Suppressed(tr):  # it reports its own costs: nothing in it is the counter's to count
-                y = self._dense(x, None, None, None)
-        else:
+        with _Suppressed(tr):  # it reports its own costs: nothing in it is the counter's to count
+            if tr._device is None:
+                tr._see(x)
             y = self._dense(x, None, None, None)
         if tr.counter is not None:
             conv = self.conv

@@ -727,7 +727,7 @@ def test_dynamic_code_replayed_path_by_path_counts_what_interception_counts(make
     assert pairs[0][0]["executed"] != pairs[1][0]["executed"]
     parts = cache[("static parts", id(model))][2]
     assert {p.module for p in parts} == {m for m in model.modules() if isinstance(m, DynamicModule)}
-    nodes = [n for p in parts for root in p.roots.values() for n in _path_nodes(root)]
+    nodes = [n for p in parts for n in _path_nodes(p.root)]
     assert any(isinstance(n.costs, _Costs) for n in nodes)  # something was replayed
     assert any(n.costs == "live" for n in nodes)  # the segment with the read never is
     assert not any("forward" in m.__dict__ for m in model.modules())
