@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -115,9 +116,11 @@ class _Frame:
     `ctrl`, `other`:
     batch totals; `units`, `channels`: per row) and become per-sample records when the frame
     closes, so that bookkeeping costs no tensor operation unless rows really differ.
+    `replayed`: the remembered counts replayed into the frame, added to its totals when they
+    are read (a replay appends one reference; a count met many times is added once).
     """
 
-    __slots__ = ("rows", "batch", "theo", "macs", "saved", "ctrl", "other", "units", "channels")
+    __slots__ = ("rows", "batch", "theo", "macs", "saved", "ctrl", "other", "units", "channels", "replayed")
 
     def __init__(self, rows: torch.Tensor | None, batch: int | None, theo: torch.Tensor | None):
         self.rows, self.batch, self.theo = rows, batch, theo
@@ -125,6 +128,7 @@ class _Frame:
         self.other: dict[str, int] | None = None
         self.units: dict[str, int] | None = None
         self.channels: dict[str, int] | None = None
+        self.replayed: list[_Costs] = []
 
 
 _EXEC, _THEO, _CTRL = "macs_executed", "macs_theoretical", "macs_controller"
@@ -356,6 +360,8 @@ class Trace:
             self._segment_begins(("q",))
 
     def _flush(self, frame: _Frame) -> None:
+        if frame.replayed:
+            self._settle(frame)
         batch = frame.batch or 1
         items: list[tuple[Any, int, bool]] = [
             (_EXEC, frame.macs // batch, False),
@@ -382,11 +388,15 @@ class Trace:
     # --- static parts (see _StaticPart) ------------------------------------------------------
     def _snapshot(self) -> tuple:
         frame = self._frame
+        if frame.replayed:
+            self._settle(frame)
         return (frame, frame.macs, frame.ctrl, dict(self._by_kind), dict(frame.other or {}))
 
     def _counted_after(self, snapshot: tuple) -> _Costs:
         """What the counter counted into the current frame since `snapshot`."""
         frame, macs, ctrl, by_kind, other = snapshot
+        if frame.replayed:
+            self._settle(frame)
         macs_by_kind = tuple(
             (kind, total - by_kind.get(kind, 0))
             for kind, total in self._by_kind.items() if total != by_kind.get(kind, 0)
@@ -413,19 +423,24 @@ class Trace:
     def _replay(self, costs: _Costs, args: tuple) -> None:
         if self._device is None:
             self._see(_first_tensor(args))
-        frame = self._frame
-        if costs.macs:
-            frame.macs += costs.macs
-            frame.ctrl += costs.ctrl
-            by_kind = self._by_kind
-            for kind, macs in costs.macs_by_kind:
-                by_kind[kind] = by_kind.get(kind, 0) + macs
-        if costs.other:
-            if frame.other is None:
-                frame.other = {}
-            other = frame.other
-            for kind, elements in costs.other:
-                other[kind] = other.get(kind, 0) + elements
+        self._frame.replayed.append(costs)
+
+    def _settle(self, frame: _Frame) -> None:
+        """Add the counts replayed into `frame` to its totals, each distinct count once."""
+        by_kind = self._by_kind
+        for costs, times in Counter(frame.replayed).items():
+            if costs.macs:
+                frame.macs += costs.macs * times
+                frame.ctrl += costs.ctrl * times
+                for kind, macs in costs.macs_by_kind:
+                    by_kind[kind] = by_kind.get(kind, 0) + macs * times
+            if costs.other:
+                if frame.other is None:
+                    frame.other = {}
+                other = frame.other
+                for kind, elements in costs.other:
+                    other[kind] = other.get(kind, 0) + elements * times
+        frame.replayed.clear()
 
     # --- dynamic parts' segments (see _DynamicPart) -------------------------------------------
     def _segment_begins(self, event: Any) -> None:
@@ -441,8 +456,17 @@ class Trace:
         self._segment_opens(call)
 
     def _segment_step(self, event: Any) -> None:
-        """`_segment_ends()` then `_segment_begins(event)`: a routing record inside the call."""
-        self._segment_ends()
+        """`_segment_ends()` then `_segment_begins(event)`: a routing record inside the call. A
+        replayed segment followed by one counted before (the common case) is stepped inline."""
+        call = self._call
+        if call.state is _REPLAY and self._device is not None:
+            self._frame.replayed.append(call.segment.costs)
+            node = call.node.next.get(event)
+            if node is not None and node.costs.__class__ is _Costs:
+                call.node = call.segment = node
+                return
+        else:
+            self._segment_ends()
         self._segment_begins(event)
 
     def _segment_opens(self, call: _Call) -> None:
@@ -450,22 +474,24 @@ class Trace:
         it (and remember the count unless it read values)."""
         node = call.segment = call.node
         costs = None if node is None else node.costs
-        if costs is None or costs is _LIVE:
-            call.state = _RECORD if (costs is None and node is not None) else _LIVE
-            if call.state is _RECORD:
-                call.snapshot = self._snapshot()
-                call.read = False
-            if self._quiet:
-                self._quiet = False
+        if costs.__class__ is _Costs:
+            call.state = _REPLAY
+            if not self._quiet:
+                self._quiet = True
                 _sync(self)
+                if self._on:  # another mode sits above the counter: count this segment instead
+                    self._quiet = False
+                    call.state = _LIVE
             return
-        call.state = _REPLAY
-        if not self._quiet:
-            self._quiet = True
+        if costs is None and node is not None:
+            call.state = _RECORD
+            call.snapshot = self._snapshot()
+            call.read = False
+        else:
+            call.state = _LIVE
+        if self._quiet:
+            self._quiet = False
             _sync(self)
-            if self._on:  # another mode sits above the counter: count this segment instead
-                self._quiet = False
-                call.state = _LIVE
 
     def _segment_ends(self) -> None:
         call = self._call
@@ -473,9 +499,7 @@ class Trace:
         if state is _REPLAY:
             if self._device is None:
                 self._see(_first_tensor(call.args))
-            costs = call.segment.costs
-            if costs.macs or costs.other:
-                self._replay(costs, ())
+            self._frame.replayed.append(call.segment.costs)
         elif state is _RECORD:
             call.segment.costs = _LIVE if call.read else self._counted_after(call.snapshot)
             call.snapshot = None
@@ -840,13 +864,14 @@ class _Suppressed:
 # call is never replayed.
 
 
-class _Costs:
-    """What one call of a static part counted: MACs and other ops, by kind."""
+class _Costs(NamedTuple):
+    """What one call of a static part (or one segment of a dynamic part's call) counted: MACs
+    and other ops, by kind. Equal counts compare equal: a frame adds each distinct one once."""
 
-    __slots__ = ("macs", "ctrl", "macs_by_kind", "other")
-
-    def __init__(self, macs: int, ctrl: int, macs_by_kind: tuple, other: tuple):
-        self.macs, self.ctrl, self.macs_by_kind, self.other = macs, ctrl, macs_by_kind, other
+    macs: int
+    ctrl: int
+    macs_by_kind: tuple
+    other: tuple
 
 
 class _StaticPart:
@@ -1012,9 +1037,9 @@ class _DynamicPart:
 
     def __init__(self, module: nn.Module):
         self.module = module
-        self.forward = self._tracking(module.forward)
         self.root = _Node()  # its first steps: the calls' input keys
         self.nodes = 0
+        self.forward = self._tracking(module.forward)
 
     def child(self, node: _Node, event: Any) -> _Node | None:
         found = node.next.get(event)
@@ -1025,7 +1050,7 @@ class _DynamicPart:
 
     def _tracking(self, forward: Callable[..., Any]) -> Callable[..., Any]:
         part = self
-        module = self.module
+        module, root = self.module, self.root
 
         def tracking_forward(*args: Any, **kwargs: Any) -> Any:
             tr = _ACTIVE
@@ -1034,12 +1059,12 @@ class _DynamicPart:
             parent = tr._call
             if parent is not None:
                 tr._segment_ends()
-            state = (module.training, tr._ctrl_depth > 0, torch.is_grad_enabled())
             if len(args) == 1 and not kwargs and args[0].__class__ is torch.Tensor:
-                key = (state, args[0].shape, args[0].dtype)  # the common case, without the loop
+                x = args[0]  # the common case, without the loop
+                key = (module.training, tr._ctrl_depth > 0, torch.is_grad_enabled(), x.shape, x.dtype)
             else:
-                key = _input_key(state, args, kwargs)
-            node = None if key is None else part.child(part.root, key)
+                key = _input_key((module.training, tr._ctrl_depth > 0, torch.is_grad_enabled()), args, kwargs)
+            node = None if key is None else (root.next.get(key) or part.child(root, key))
             call = tr._call = _Call(part, node, args)
             tr._segment_opens(call)
             finished = False
