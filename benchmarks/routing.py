@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import Counter
+import operator
+from collections import Counter, deque
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import torch
@@ -168,6 +170,7 @@ class Trace:
         self._cache: dict | None = cache
         self._device: torch.device | None = None
         self._scalars: dict[Any, int] = {}  # per-row values common to every sample
+        self._others: dict[str, None] = {}  # non-MAC op kinds counted, in order of first appearance
         self._records: list[tuple[Any, Any, Any, Any]] = []  # (key, rows, theo, values)
         self._units: dict[str, None] = {}  # routing units, in order of first appearance
         self._gated: dict[str, None] = {}  # channel-gated units
@@ -189,16 +192,14 @@ class Trace:
         self._hold = 0
         self._quiet = False
         self._call: _Call | None = None  # the innermost open call of a dynamic part
-        self._parts: list[_StaticPart] = []
-        self._dynamic_parts: list[_DynamicPart] = []
+        self._wrapped: _Wrapped | None = None
         if model is not None and cache is not None and counter == "functions":
             entry = cache.get(("static parts", id(model)))
             if entry is None or entry[0] is not model:
-                entry = cache[("static parts", id(model))] = (
-                    model, [_StaticPart(m) for m in _static_parts(model)],
-                    [_DynamicPart(m) for m in _dynamic_parts(model)],
-                )  # fmt: skip
-            self._parts, self._dynamic_parts = entry[1], entry[2]
+                static = [_StaticPart(m) for m in _static_parts(model)]
+                dynamic = [_DynamicPart(m) for m in _dynamic_parts(model)]
+                entry = cache[("static parts", id(model))] = (model, static, dynamic, _Wrapped([*static, *dynamic]))
+            self._wrapped = entry[3]
 
     # --- context ----------------------------------------------------------------------------
     def __enter__(self) -> Trace:
@@ -213,8 +214,8 @@ class Trace:
             self._mode = _FunctionCounter()
             self._mode.__enter__()
             self._on = True
-            for part in (*self._parts, *self._dynamic_parts):
-                part.module.__dict__.setdefault("forward", part.forward)
+            if self._wrapped is not None:
+                self._wrapped.install()
         _ACTIVE = self
         return self
 
@@ -229,9 +230,8 @@ class Trace:
             _sync(self)
             self._mode.__exit__(None, None, None)
             self._mode, self._on = None, False
-            for part in (*self._parts, *self._dynamic_parts):
-                if part.module.__dict__.get("forward") is part.forward:
-                    del part.module.__dict__["forward"]
+            if self._wrapped is not None:
+                self._wrapped.remove()
         while self._stack:  # an exception left sub-frames open
             self._pop()
         self._ctrl_depth = 0
@@ -370,6 +370,7 @@ class Trace:
         ]
         if frame.other:
             items += [(("other", k), v // batch, False) for k, v in frame.other.items()]
+            self._others.update(dict.fromkeys(k for k, v in frame.other.items() if v >= batch))
         if frame.units:
             items += [(("unit", k), v, True) for k, v in frame.units.items()]
         if frame.channels:
@@ -443,6 +444,35 @@ class Trace:
         frame.replayed.clear()
 
     # --- dynamic parts' segments (see _DynamicPart) -------------------------------------------
+    def _call_begins(self, part: _DynamicPart, node: _Node | None, args: tuple) -> _Call:
+        """A dynamic part's call starts at `node` of its path tree: the enclosing call's segment
+        ends, the call's first segment opens (replayed as well, the common case, if the
+        enclosing one was and this one was counted before)."""
+        parent = self._call
+        if parent is not None:
+            self._segment_ends()
+        call = self._call = _Call(part, node, args, parent)
+        if node is not None and self._quiet and node.costs.__class__ is _Costs:
+            call.state = _REPLAY
+        else:
+            self._segment_opens(call)
+        return call
+
+    def _call_ends(self, call: _Call, *, finished: bool) -> None:
+        """`call` returns (or raised: then its last segment is not remembered, and the path of
+        the enclosing call is lost); the enclosing call's next segment opens after its path."""
+        if finished:
+            self._segment_ends()
+        parent = self._call = call.parent
+        if parent is None:
+            if self._quiet:
+                self._quiet = False
+                _sync(self)
+            return
+        if not finished or call.node is None:
+            parent.node = None
+        self._segment_begins(call.node)
+
     def _segment_begins(self, event: Any) -> None:
         """Open the next segment of the innermost dynamic call after `event` (a routing record,
         a frame change, a nested call's path)."""
@@ -517,7 +547,9 @@ class Trace:
 
     # --- results ----------------------------------------------------------------------------
     def _materialize(self) -> dict[Any, Any]:
-        """Per-sample tensors from the scalars and records (cached once the trace is done)."""
+        """Per-sample tensors from the scalars and records (cached once the trace is done):
+        `_EXEC`, `_THEO`, `_CTRL` -> tensor; "unit", "channels", "other" -> {name: tensor};
+        "by_kind" -> {kind: batch total}."""
         if self._results is not None:
             return self._results
         n = self._root.batch or 0
@@ -525,24 +557,18 @@ class Trace:
         grouped: dict[Any, list] = {}
         for key, rows, theo, value in self._records:
             grouped.setdefault(key, []).append((rows, theo, value))
-        keys = [_EXEC, _THEO, _CTRL]
-        keys += [("unit", k) for k in self._units] + [("channels", k) for k in self._gated]
-        keys += [k for k in (*self._scalars, *grouped) if isinstance(k, tuple) and k[0] == "other"]
-        keys = list(dict.fromkeys(keys))
-        # a value common to every sample needs no kernel of its own: one table for all of them
-        common = [key for key in keys if key not in grouped]
-        table = torch.tensor([self._scalars.get(key, 0) for key in common], dtype=torch.int64)
-        rows_of = dict(zip(common, table.repeat_interleave(n).view(len(common), n), strict=True))
-        results: dict[Any, Any] = {}
+        families = {"unit": list(self._units), "channels": list(self._gated), "other": list(self._others)}
+        keys = [_EXEC, _THEO, _CTRL] + [(family, name) for family, names in families.items() for name in names]
+        # the values common to every sample in one table: a key that no record touches needs
+        # no kernel of its own
+        table = torch.tensor(list(map(self._scalars.get, keys, repeat(0))), dtype=torch.int64)
+        per_key = dict(zip(keys, table.repeat_interleave(n).view(len(keys), n).unbind(0), strict=True))
         self._suppress += 1
         try:
-            for key in keys:
-                if key in rows_of:
-                    results[key] = rows_of[key]
-                    continue
+            for key, entries in grouped.items():
                 out = torch.full((n,), self._scalars.get(key, 0), dtype=torch.int64, device=device)
                 rows_list, values_list = [], []
-                for rows, theo, value in grouped.get(key, ()):
+                for rows, theo, value in entries:
                     if isinstance(value, int):
                         size = n if rows is None else rows.numel()
                         value = torch.full((size,), value, dtype=torch.int64, device=device)
@@ -557,12 +583,15 @@ class Trace:
                         values_list.append(value)
                 if rows_list:
                     out.index_add_(0, torch.cat(rows_list), torch.cat(values_list))
-                results[key] = out.cpu()
+                per_key[key] = out.cpu()
             by_kind = dict(self._by_kind)
             for kind, values in self._by_kind_rows:
                 by_kind[kind] = by_kind.get(kind, 0) + int(values.sum())
         finally:
             self._suppress -= 1
+        results: dict[Any, Any] = {key: per_key[key] for key in (_EXEC, _THEO, _CTRL)}
+        for family, names in families.items():
+            results[family] = {name: per_key[family, name] for name in names}
         results["by_kind"] = by_kind
         if self._done:
             self._results = results
@@ -584,12 +613,8 @@ class Trace:
     def macs_controller(self) -> torch.Tensor:
         return self._materialize()[_CTRL]
 
-    def _table(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {
-            key[1]: value
-            for key, value in self._materialize().items()
-            if isinstance(key, tuple) and key[0] == prefix
-        }
+    def _table(self, family: str) -> dict[str, torch.Tensor]:
+        return dict(self._materialize()[family])
 
     @property
     def units_executed(self) -> dict[str, torch.Tensor]:
@@ -925,6 +950,30 @@ class _StaticPart:
         return replaying_forward
 
 
+class _Wrapped:
+    """The replaying forwards of a model's static and dynamic parts, set on the instances for
+    the duration of a trace. Set and removed by C-level maps over the instances' dicts: a
+    ResNet-56 has some sixty parts, and a Python loop over them costs a batch-1 forward 2%."""
+
+    __slots__ = ("dicts", "forwards")
+
+    def __init__(self, parts: list[_StaticPart | _DynamicPart]):
+        self.dicts = [part.module.__dict__ for part in parts]
+        self.forwards = [part.forward for part in parts]
+
+    def install(self) -> None:
+        deque(map(dict.setdefault, self.dicts, repeat("forward"), self.forwards), maxlen=0)
+
+    def remove(self) -> None:
+        current = list(map(dict.get, self.dicts, repeat("forward")))
+        if all(map(operator.is_, current, self.forwards)):
+            deque(map(dict.pop, self.dicts, repeat("forward")), maxlen=0)
+            return
+        for instance_dict, forward, found in zip(self.dicts, self.forwards, current, strict=True):
+            if found is forward:  # (a forward set by someone else during the trace stays)
+                del instance_dict["forward"]
+
+
 _KEY_SCALARS = (int, float, bool, str, type(None))
 
 
@@ -1021,10 +1070,10 @@ class _Node:
 class _Call:
     """One open call of a dynamic module inside a trace."""
 
-    __slots__ = ("part", "node", "segment", "state", "snapshot", "read", "args")
+    __slots__ = ("part", "node", "segment", "state", "snapshot", "read", "args", "parent")
 
-    def __init__(self, part: _DynamicPart, node: _Node | None, args: tuple):
-        self.part, self.node, self.segment, self.args = part, node, node, args
+    def __init__(self, part: _DynamicPart, node: _Node | None, args: tuple, parent: _Call | None):
+        self.part, self.node, self.segment, self.args, self.parent = part, node, node, args, parent
         self.state = _LIVE
         self.snapshot: tuple | None = None
         self.read = False
@@ -1056,33 +1105,20 @@ class _DynamicPart:
             tr = _ACTIVE
             if tr is None or tr._mode is None or tr._replaying:
                 return forward(*args, **kwargs)
-            parent = tr._call
-            if parent is not None:
-                tr._segment_ends()
             if len(args) == 1 and not kwargs and args[0].__class__ is torch.Tensor:
                 x = args[0]  # the common case, without the loop
                 key = (module.training, tr._ctrl_depth > 0, torch.is_grad_enabled(), x.shape, x.dtype)
             else:
                 key = _input_key((module.training, tr._ctrl_depth > 0, torch.is_grad_enabled()), args, kwargs)
             node = None if key is None else (root.next.get(key) or part.child(root, key))
-            call = tr._call = _Call(part, node, args)
-            tr._segment_opens(call)
-            finished = False
+            call = tr._call_begins(part, node, args)
             try:
                 out = forward(*args, **kwargs)
-                tr._segment_ends()
-                finished = True
-                return out
-            finally:
-                tr._call = parent
-                if parent is None:
-                    if tr._quiet:
-                        tr._quiet = False
-                        _sync(tr)
-                else:
-                    if not finished or call.node is None:
-                        parent.node = None
-                    tr._segment_begins(call.node)
+            except BaseException:
+                tr._call_ends(call, finished=False)
+                raise
+            tr._call_ends(call, finished=True)
+            return out
 
         return tracking_forward
 
@@ -1299,10 +1335,15 @@ def decide_threshold(score: torch.Tensor, tau: float, *, unit: str) -> torch.Ten
     tr = _ACTIVE
     if tr is None:
         return score >= tau
-    with _Suppressed(tr):  # the decision and its record are the primitive's work, not the model's
-        keep = score >= tau
-        tr._margin(unit, _threshold_margin, score.detach(), tau)
-    return keep
+    if tr._on:  # the decision and its record are the primitive's work, not the model's
+        with _Suppressed(tr):
+            return _threshold_recorded(tr, score, tau, unit)
+    return _threshold_recorded(tr, score, tau, unit)
+
+
+def _threshold_recorded(tr: Trace, score: torch.Tensor, tau: float, unit: str) -> torch.Tensor:
+    tr._margin(unit, _threshold_margin, score.detach() if score.requires_grad else score, tau)
+    return score >= tau
 
 
 def _threshold_margin(score: torch.Tensor, tau: float) -> torch.Tensor:
