@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _torch_module
 from torch.overrides import TorchFunctionMode
 
 from benchmarks import cost as _cost
@@ -450,7 +451,10 @@ class Trace:
         enclosing one was and this one was counted before)."""
         parent = self._call
         if parent is not None:
-            self._segment_ends()
+            if parent.state is _REPLAY and self._device is not None:
+                self._frame.replayed.append(parent.segment.costs)  # `_segment_ends`, inline
+            else:
+                self._segment_ends()
         call = self._call = _Call(part, node, args, parent)
         if node is not None and self._quiet and node.costs.__class__ is _Costs:
             call.state = _REPLAY
@@ -462,16 +466,26 @@ class Trace:
         """`call` returns (or raised: then its last segment is not remembered, and the path of
         the enclosing call is lost); the enclosing call's next segment opens after its path."""
         if finished:
-            self._segment_ends()
+            if call.state is _REPLAY and self._device is not None:
+                self._frame.replayed.append(call.segment.costs)  # `_segment_ends`, inline
+            else:
+                self._segment_ends()
         parent = self._call = call.parent
         if parent is None:
             if self._quiet:
                 self._quiet = False
                 _sync(self)
             return
-        if not finished or call.node is None:
+        node = call.node
+        if not finished or node is None:
             parent.node = None
-        self._segment_begins(call.node)
+        elif self._quiet and parent.node is not None:  # `_segment_begins`, inline, when replayed
+            after = parent.node.next.get(node)
+            if after is not None and after.costs.__class__ is _Costs:
+                parent.node = parent.segment = after
+                parent.state = _REPLAY
+                return
+        self._segment_begins(node)
 
     def _segment_begins(self, event: Any) -> None:
         """Open the next segment of the innermost dynamic call after `event` (a routing record,
@@ -1337,11 +1351,9 @@ def decide_threshold(score: torch.Tensor, tau: float, *, unit: str) -> torch.Ten
         return score >= tau
     if tr._on:  # the decision and its record are the primitive's work, not the model's
         with _Suppressed(tr):
-            return _threshold_recorded(tr, score, tau, unit)
-    return _threshold_recorded(tr, score, tau, unit)
-
-
-def _threshold_recorded(tr: Trace, score: torch.Tensor, tau: float, unit: str) -> torch.Tensor:
+            keep = score >= tau
+            tr._margin(unit, _threshold_margin, score.detach(), tau)
+        return keep
     tr._margin(unit, _threshold_margin, score.detach() if score.requires_grad else score, tau)
     return score >= tau
 
@@ -2014,7 +2026,8 @@ class GatedConv2d(DynamicModule):
             return self(x)
         tr = _ACTIVE
         if tr is not None:
-            return self._traced_dense(x, tr)
+            # in a replayed segment its count is the segment's: only the kernels run
+            return self._dense(x, None, None, None) if tr._quiet else self._traced_dense(x, tr)
         if not self.training and not torch.is_grad_enabled():
             return self._dense(x, None, None, None)
         return self(x)
@@ -2367,9 +2380,7 @@ def _pair_batch(first: GatedConv2d, second: GatedConv2d, x: torch.Tensor, gate: 
 
 def _global_forward_hooks() -> bool:
     """Whether any global module forward (pre-)hook is installed (they see every module call)."""
-    from torch.nn.modules import module as _module
-
-    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
+    return bool(_torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks)
 
 
 def gated_pair(first: GatedConv2d, second: GatedConv2d, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
