@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 from collections import Counter, deque
 from collections.abc import Callable
 from itertools import repeat
@@ -182,7 +181,7 @@ class Trace:
         self._handle: Any = None
         self._mode: TorchFunctionMode | None = None
         self._done = False
-        self._results: dict[Any, Any] | None = None
+        self._results: dict[str, Any] = {}  # parts of the results read so far (`_materialize`)
         self._events = 0  # routing records so far (a static part must make none)
         self._replaying = 0  # > 0 inside a static part whose count is being replayed
         self._recording = 0  # > 0 inside a static part's first call: watch for data reads
@@ -407,7 +406,11 @@ class Trace:
             (kind, total - other.get(kind, 0))
             for kind, total in (frame.other or {}).items() if total != other.get(kind, 0)
         )
-        return _Costs(frame.macs - macs, frame.ctrl - ctrl, macs_by_kind, others)
+        costs = _Costs(frame.macs - macs, frame.ctrl - ctrl, macs_by_kind, others)
+        if self._cache is None:
+            return costs
+        # one object per distinct count in a measurement run: a frame adds each once
+        return self._cache.setdefault(("count", costs), costs)
 
     def _mark(self) -> tuple:
         self._recording += 1
@@ -430,7 +433,10 @@ class Trace:
     def _settle(self, frame: _Frame) -> None:
         """Add the counts replayed into `frame` to its totals, each distinct count once."""
         by_kind = self._by_kind
-        for costs, times in Counter(frame.replayed).items():
+        replayed = frame.replayed
+        distinct = dict(zip(map(id, replayed), replayed, strict=True))  # equal counts: one object
+        for key, times in Counter(map(id, replayed)).items():
+            costs = distinct[key]
             if costs.macs:
                 frame.macs += costs.macs * times
                 frame.ctrl += costs.ctrl * times
@@ -560,26 +566,44 @@ class Trace:
             call.node = None if outcome is None else call.part.child(call.node, step)
 
     # --- results ----------------------------------------------------------------------------
-    def _materialize(self) -> dict[Any, Any]:
-        """Per-sample tensors from the scalars and records (cached once the trace is done):
-        `_EXEC`, `_THEO`, `_CTRL` -> tensor; "unit", "channels", "other" -> {name: tensor};
-        "by_kind" -> {kind: batch total}."""
-        if self._results is not None:
-            return self._results
+    def _materialize(self, part: str) -> Any:
+        """One part of the results, built on its first read (and kept once the trace is done):
+        "macs" -> per-sample executed, theoretical and controller MACs; "unit", "channels",
+        "other" -> {name: per-sample tensor}; "by_kind" -> {kind: batch total}."""
+        found = self._results.get(part)
+        if found is not None:
+            return found
+        if part == "by_kind":
+            value: Any = dict(self._by_kind)
+            for kind, values in self._by_kind_rows:
+                value[kind] = value.get(kind, 0) + int(values.sum())
+        elif part == "macs":
+            value = tuple(self._per_sample([_EXEC, _THEO, _CTRL]))
+        else:
+            names = list({"unit": self._units, "channels": self._gated, "other": self._others}[part])
+            value = dict(zip(names, self._per_sample([(part, name) for name in names]), strict=True))
+        if self._done:
+            self._results[part] = value
+        return value
+
+    def _per_sample(self, keys: list[Any]) -> list[torch.Tensor]:
+        """The per-sample values of `keys`: what is common to every sample from one table (a
+        key no record touches needs no kernel of its own), plus the records' rows."""
         n = self._root.batch or 0
-        device = self._device or torch.device("cpu")
-        grouped: dict[Any, list] = {}
-        for key, rows, theo, value in self._records:
-            grouped.setdefault(key, []).append((rows, theo, value))
-        families = {"unit": list(self._units), "channels": list(self._gated), "other": list(self._others)}
-        keys = [_EXEC, _THEO, _CTRL] + [(family, name) for family, names in families.items() for name in names]
-        # the values common to every sample in one table: a key that no record touches needs
-        # no kernel of its own
         table = torch.tensor(list(map(self._scalars.get, keys, repeat(0))), dtype=torch.int64)
-        per_key = dict(zip(keys, table.repeat_interleave(n).view(len(keys), n).unbind(0), strict=True))
+        values = list(table.repeat_interleave(n).view(len(keys), n).unbind(0))
+        if not self._records:
+            return values
+        device = self._device or torch.device("cpu")
+        grouped: dict[Any, list] = {key: [] for key in keys}
+        for key, rows, theo, value in self._records:
+            if key in grouped:
+                grouped[key].append((rows, theo, value))
         self._suppress += 1
         try:
-            for key, entries in grouped.items():
+            for i, (key, entries) in enumerate(grouped.items()):
+                if not entries:
+                    continue
                 out = torch.full((n,), self._scalars.get(key, 0), dtype=torch.int64, device=device)
                 rows_list, values_list = [], []
                 for rows, theo, value in entries:
@@ -597,19 +621,10 @@ class Trace:
                         values_list.append(value)
                 if rows_list:
                     out.index_add_(0, torch.cat(rows_list), torch.cat(values_list))
-                per_key[key] = out.cpu()
-            by_kind = dict(self._by_kind)
-            for kind, values in self._by_kind_rows:
-                by_kind[kind] = by_kind.get(kind, 0) + int(values.sum())
+                values[i] = out.cpu()
         finally:
             self._suppress -= 1
-        results: dict[Any, Any] = {key: per_key[key] for key in (_EXEC, _THEO, _CTRL)}
-        for family, names in families.items():
-            results[family] = {name: per_key[family, name] for name in names}
-        results["by_kind"] = by_kind
-        if self._done:
-            self._results = results
-        return results
+        return values
 
     @property
     def batch_size(self) -> int:
@@ -617,18 +632,18 @@ class Trace:
 
     @property
     def macs_executed(self) -> torch.Tensor:
-        return self._materialize()[_EXEC]
+        return self._materialize("macs")[0]
 
     @property
     def macs_theoretical(self) -> torch.Tensor:
-        return self._materialize()[_THEO]
+        return self._materialize("macs")[1]
 
     @property
     def macs_controller(self) -> torch.Tensor:
-        return self._materialize()[_CTRL]
+        return self._materialize("macs")[2]
 
     def _table(self, family: str) -> dict[str, torch.Tensor]:
-        return dict(self._materialize()[family])
+        return dict(self._materialize(family))
 
     @property
     def units_executed(self) -> dict[str, torch.Tensor]:
@@ -687,7 +702,7 @@ class Trace:
     @property
     def macs_by_kind_total(self) -> dict[str, int]:
         """Executed MACs per op kind, summed over the batch."""
-        return dict(self._materialize()["by_kind"])
+        return dict(self._materialize("by_kind"))
 
     @property
     def macs_by_kind(self) -> dict[str, int]:
@@ -980,7 +995,7 @@ class _Wrapped:
 
     def remove(self) -> None:
         current = list(map(dict.get, self.dicts, repeat("forward")))
-        if all(map(operator.is_, current, self.forwards)):
+        if current == self.forwards:  # (functions compare by identity)
             deque(map(dict.pop, self.dicts, repeat("forward")), maxlen=0)
             return
         for instance_dict, forward, found in zip(self.dicts, self.forwards, current, strict=True):
