@@ -294,8 +294,15 @@ class Trace:
     def _unit(self, name: str, executed: Any) -> None:
         """A routing unit's decision over the current frame: 1 / 0, or a boolean per row."""
         self._events += 1
-        if self._call is not None:
-            self._segment_step(("u", name, executed if executed.__class__ is int else None))
+        call = self._call
+        if call is not None:
+            event = ("u", name, executed if executed.__class__ is int else None)
+            after = call.node.next.get(event) if call.state is _REPLAY and self._device is not None else None
+            if after is not None and after.costs.__class__ is _Costs:  # `_segment_step`, inline
+                self._frame.replayed.append(call.segment.costs)
+                call.node = call.segment = after
+            else:
+                self._segment_step(event)
         self._units[name] = None
         frame = self._frame
         if isinstance(executed, int):
