@@ -674,6 +674,26 @@ def test_replay_needs_the_functions_counter_and_undoes_itself_on_errors():
     assert t.macs_executed.tolist() == [32, 32]
 
 
+def test_replay_leaves_a_forward_set_during_the_trace_in_place():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    cache: dict = {}
+    with torch.no_grad(), trace(cache=cache, model=model):
+        model(torch.ones(1, 4))
+    [part] = cache[("static parts", id(model))][1]
+    assert part.module is model
+
+    def patched(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    with torch.no_grad(), trace(cache=cache, model=model):
+        model.forward = patched  # the user's, replacing the trace's wrapper
+    assert model.__dict__["forward"] is patched
+    del model.forward
+    with torch.no_grad(), trace(cache=cache, model=model) as t:
+        model(torch.ones(1, 4))
+    assert "forward" not in model.__dict__ and int(t.macs_executed[0]) == 24
+
+
 # --- dynamic modules: their own code's counts replayed path by path -------------------------
 
 
