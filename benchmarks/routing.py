@@ -182,6 +182,7 @@ class Trace:
         self._mode: TorchFunctionMode | None = None
         self._done = False
         self._results: dict[str, Any] = {}  # parts of the results read so far (`_materialize`)
+        self._all_rows: tuple[torch.Tensor, dict] | None = None  # every per-sample value (`_per_sample`)
         self._events = 0  # routing records so far (a static part must make none)
         self._replaying = 0  # > 0 inside a static part whose count is being replayed
         self._recording = 0  # > 0 inside a static part's first call: watch for data reads
@@ -584,34 +585,51 @@ class Trace:
             value: Any = dict(self._by_kind)
             for kind, values in self._by_kind_rows:
                 value[kind] = value.get(kind, 0) + int(values.sum())
-        elif part == "macs":
-            value = tuple(self._per_sample([_EXEC, _THEO, _CTRL]))
         else:
-            names = list({"unit": self._units, "channels": self._gated, "other": self._others}[part])
-            value = dict(zip(names, self._per_sample([(part, name) for name in names]), strict=True))
+            table, spans = self._per_sample()
+            start, names = spans[part]
+            rows = table[start : start + len(names)].unbind(0)
+            value = rows if part == "macs" else dict(zip(names, rows, strict=True))
         if self._done:
             self._results[part] = value
         return value
 
-    def _per_sample(self, keys: list[Any]) -> list[torch.Tensor]:
-        """The per-sample values of `keys`: what is common to every sample from one table (a
-        key no record touches needs no kernel of its own), plus the records' rows."""
+    def _per_sample(self) -> tuple[torch.Tensor, dict[str, tuple[int, list]]]:
+        """Every per-sample value as one (values, batch) table — what is common to every
+        sample from one list of numbers (a value no record touches needs no kernel of its
+        own), plus the records' rows — and where each family's rows start, with their names."""
+        if self._all_rows is not None:
+            return self._all_rows
         n = self._root.batch or 0
-        table = torch.tensor(list(map(self._scalars.get, keys, repeat(0))), dtype=torch.int64)
-        values = list(table.repeat_interleave(n).view(len(keys), n).unbind(0))
-        if not self._records:
-            return values
+        families = {
+            "macs": [_EXEC, _THEO, _CTRL], "unit": list(self._units), "channels": list(self._gated),
+            "other": list(self._others),
+        }  # fmt: skip
+        keys, spans = [_EXEC, _THEO, _CTRL], {"macs": (0, families["macs"])}
+        for family in ("unit", "channels", "other"):
+            spans[family] = (len(keys), families[family])
+            keys += [(family, name) for name in families[family]]
+        values = torch.tensor(list(map(self._scalars.get, keys, repeat(0))), dtype=torch.int64)
+        table = values.repeat_interleave(n).view(len(keys), n)
+        if self._records:
+            self._add_records(table, keys, n)
+        if self._done:
+            self._all_rows = (table, spans)
+        return table, spans
+
+    def _add_records(self, table: torch.Tensor, keys: list[Any], n: int) -> None:
+        """Add the per-row records to the rows of `table` they belong to."""
         device = self._device or torch.device("cpu")
-        grouped: dict[Any, list] = {key: [] for key in keys}
+        grouped: dict[Any, list] = {}
         for key, rows, theo, value in self._records:
-            if key in grouped:
-                grouped[key].append((rows, theo, value))
+            grouped.setdefault(key, []).append((rows, theo, value))
+        row_of = {key: i for i, key in enumerate(keys)}
         self._suppress += 1
         try:
-            for i, (key, entries) in enumerate(grouped.items()):
-                if not entries:
+            for key, entries in grouped.items():
+                if key not in row_of:
                     continue
-                out = torch.full((n,), self._scalars.get(key, 0), dtype=torch.int64, device=device)
+                out = torch.zeros((n,), dtype=torch.int64, device=device)
                 rows_list, values_list = [], []
                 for rows, theo, value in entries:
                     if isinstance(value, int):
@@ -628,10 +646,9 @@ class Trace:
                         values_list.append(value)
                 if rows_list:
                     out.index_add_(0, torch.cat(rows_list), torch.cat(values_list))
-                values[i] = out.cpu()
+                table[row_of[key]] += out.cpu()
         finally:
             self._suppress -= 1
-        return values
 
     @property
     def batch_size(self) -> int:
