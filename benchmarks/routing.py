@@ -193,14 +193,13 @@ class Trace:
         self._hold = 0
         self._quiet = False
         self._call: _Call | None = None  # the innermost open call of a dynamic part
+        self._parts: _ModelParts | None = None
         self._wrapped: _Wrapped | None = None
         if model is not None and cache is not None and counter == "functions":
-            entry = cache.get(("static parts", id(model)))
-            if entry is None or entry[0] is not model:
-                static = [_StaticPart(m) for m in _static_parts(model)]
-                dynamic = [_DynamicPart(m) for m in _dynamic_parts(model)]
-                entry = cache[("static parts", id(model))] = (model, static, dynamic, _Wrapped([*static, *dynamic]))
-            self._wrapped = entry[3]
+            parts = cache.get(("static parts", id(model)))
+            if parts is None or parts.model is not model:
+                parts = cache[("static parts", id(model))] = _ModelParts(model)
+            self._parts, self._wrapped = parts, parts.wrapped()
 
     # --- context ----------------------------------------------------------------------------
     def __enter__(self) -> Trace:
@@ -213,7 +212,7 @@ class Trace:
             self._handle = nn.modules.module.register_module_forward_hook(_module_hook)
         elif self.counter == "functions":
             self._mode = _FunctionCounter()
-            self._mode.__enter__()
+            torch._C._push_on_torch_function_stack(self._mode)  # (what entering the mode does)
             self._on = True
             if self._wrapped is not None:
                 self._wrapped.install()
@@ -229,7 +228,7 @@ class Trace:
         if self._mode is not None:
             self._call, self._hold, self._quiet = None, 0, False  # an exception may have left them
             _sync(self)
-            self._mode.__exit__(None, None, None)
+            torch._C._pop_torch_function_stack()  # (what leaving the mode does)
             self._mode, self._on = None, False
             if self._wrapped is not None:
                 self._wrapped.remove()
@@ -469,10 +468,13 @@ class Trace:
                 self._frame.replayed.append(parent.segment.costs)  # `_segment_ends`, inline
             else:
                 self._segment_ends()
-        call = self._call = _Call(part, node, args, parent)
+        call = self._call = _Call.__new__(_Call)  # (its fields set here: one Python call less per call)
+        call.part, call.node, call.segment, call.args, call.parent = part, node, node, args, parent
+        call.snapshot, call.read = None, False
         if node is not None and self._quiet and node.costs.__class__ is _Costs:
             call.state = _REPLAY
         else:
+            call.state = _LIVE
             self._segment_opens(call)
         return call
 
@@ -547,6 +549,8 @@ class Trace:
             call.read = False
         else:
             call.state = _LIVE
+            if self._parts is not None:
+                self._parts.live = True
         if self._quiet:
             self._quiet = False
             _sync(self)
@@ -610,7 +614,7 @@ class Trace:
             spans[family] = (len(keys), families[family])
             keys += [(family, name) for name in families[family]]
         values = torch.tensor(list(map(self._scalars.get, keys, repeat(0))), dtype=torch.int64)
-        table = values.repeat_interleave(n).view(len(keys), n)
+        table = (values if n == 1 else values.repeat_interleave(n)).view(len(keys), n)
         if self._records:
             self._add_records(table, keys, n)
         if self._done:
@@ -1003,6 +1007,31 @@ class _StaticPart:
         return replaying_forward
 
 
+class _ModelParts:
+    """A traced model's static and dynamic parts, kept in a measurement run's cache. Static
+    parts inside a dynamic part need no replay of their own while that part's segments are
+    replayed (their counts are in the segments'): they are wrapped only once some dynamic
+    part's segment was counted live (it reads values), from the next trace on."""
+
+    __slots__ = ("model", "static", "dynamic", "live", "_outer", "_every")
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.static = [_StaticPart(m) for m in _static_parts(model)]
+        self.dynamic = [_DynamicPart(m) for m in _dynamic_parts(model)]
+        self.live = False
+        inside = {id(m) for part in self.dynamic for m in part.module.modules() if m is not part.module}
+        self._outer = _Wrapped([*(p for p in self.static if id(p.module) not in inside), *self.dynamic])
+        self._every: _Wrapped | None = None
+
+    def wrapped(self) -> _Wrapped:
+        if not self.live:
+            return self._outer
+        if self._every is None:
+            self._every = _Wrapped([*self.static, *self.dynamic])
+        return self._every
+
+
 class _Wrapped:
     """The replaying forwards of a model's static and dynamic parts, set on the instances for
     the duration of a trace. Set and removed by C-level maps over the instances' dicts: a
@@ -1121,15 +1150,19 @@ class _Node:
 
 
 class _Call:
-    """One open call of a dynamic module inside a trace."""
+    """One open call of a dynamic module inside a trace (opened by `Trace._call_begins`): its
+    part, where it is on the part's path tree (`node`), where its open segment started and
+    whether that segment is recorded, replayed or live, and the enclosing call."""
 
     __slots__ = ("part", "node", "segment", "state", "snapshot", "read", "args", "parent")
-
-    def __init__(self, part: _DynamicPart, node: _Node | None, args: tuple, parent: _Call | None):
-        self.part, self.node, self.segment, self.args, self.parent = part, node, node, args, parent
-        self.state = _LIVE
-        self.snapshot: tuple | None = None
-        self.read = False
+    part: _DynamicPart
+    node: _Node | None
+    segment: _Node | None
+    state: str
+    snapshot: tuple | None
+    read: bool
+    args: tuple
+    parent: _Call | None
 
 
 class _DynamicPart:

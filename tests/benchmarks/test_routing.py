@@ -583,8 +583,9 @@ def test_replayed_static_parts_count_what_interception_counts(toys, digits, name
     pairs, cache = _replayed_and_intercepted(model, batches)
     for replayed, intercepted in pairs:
         assert replayed == intercepted
-    parts = cache[("static parts", id(model))][1]
-    assert any(part.costs for part in parts)  # something was replayed
+    parts = cache[("static parts", id(model))]
+    nodes = [n for p in parts.dynamic for n in _path_nodes(p.root)]
+    assert any(p.costs for p in parts.static) or any(isinstance(n.costs, _Costs) for n in nodes)  # replayed
     assert not any("forward" in m.__dict__ for m in model.modules())  # nothing left behind
 
 
@@ -630,7 +631,7 @@ def test_a_part_that_reads_its_data_or_routes_is_never_replayed(make):
     for replayed, intercepted in pairs:
         assert replayed == intercepted
     assert pairs[0][0]["executed"] != pairs[1][0]["executed"]
-    assert all(part.dynamic for part in cache[("static parts", id(model))][1])
+    assert all(part.dynamic for part in cache[("static parts", id(model))].static)
 
 
 def test_static_parts_leave_out_dynamic_modules_hooks_and_keep_controllers_at_their_top():
@@ -654,7 +655,7 @@ def test_a_replayed_controller_still_counts_as_controller(digits):
     for replayed, intercepted in pairs:
         assert replayed == intercepted
         assert replayed["controller"][0] > 0
-    part = next(p for p in cache[("static parts", id(model))][1] if p.module is model.gate)
+    part = next(p for p in cache[("static parts", id(model))].static if p.module is model.gate)
     assert part.costs and not part.dynamic
 
 
@@ -679,7 +680,7 @@ def test_replay_leaves_a_forward_set_during_the_trace_in_place():
     cache: dict = {}
     with torch.no_grad(), trace(cache=cache, model=model):
         model(torch.ones(1, 4))
-    [part] = cache[("static parts", id(model))][1]
+    [part] = cache[("static parts", id(model))].static
     assert part.module is model
 
     def patched(x: torch.Tensor) -> torch.Tensor:
@@ -745,11 +746,15 @@ def test_dynamic_code_replayed_path_by_path_counts_what_interception_counts(make
     for i, (replayed, intercepted) in enumerate(pairs):
         assert replayed == intercepted, f"batch {i}"
     assert pairs[0][0]["executed"] != pairs[1][0]["executed"]
-    parts = cache[("static parts", id(model))][2]
+    parts = cache[("static parts", id(model))].dynamic
     assert {p.module for p in parts} == {m for m in model.modules() if isinstance(m, DynamicModule)}
     nodes = [n for p in parts for n in _path_nodes(p.root)]
     assert any(isinstance(n.costs, _Costs) for n in nodes)  # something was replayed
     assert any(n.costs == "live" for n in nodes)  # the segment with the read never is
+    # from the trace after the first live segment, the static parts inside the dynamic ones
+    # are replayed on their own (inside replayed segments their counts are the segments')
+    assert cache[("static parts", id(model))].live
+    assert any(p.costs for p in cache[("static parts", id(model))].static)
     assert not any("forward" in m.__dict__ for m in model.modules())
 
 
