@@ -294,15 +294,8 @@ class Trace:
     def _unit(self, name: str, executed: Any) -> None:
         """A routing unit's decision over the current frame: 1 / 0, or a boolean per row."""
         self._events += 1
-        call = self._call
-        if call is not None:
-            event = ("u", name, executed if executed.__class__ is int else None)
-            after = call.node.next.get(event) if call.state is _REPLAY and self._device is not None else None
-            if after is not None and after.costs.__class__ is _Costs:  # `_segment_step`, inline
-                self._frame.replayed.append(call.segment.costs)
-                call.node = call.segment = after
-            else:
-                self._segment_step(event)
+        if self._call is not None:
+            self._segment_step(("u", name, executed if executed.__class__ is int else None))
         self._units[name] = None
         frame = self._frame
         if isinstance(executed, int):
@@ -605,14 +598,11 @@ class Trace:
         if self._all_rows is not None:
             return self._all_rows
         n = self._root.batch or 0
-        families = {
-            "macs": [_EXEC, _THEO, _CTRL], "unit": list(self._units), "channels": list(self._gated),
-            "other": list(self._others),
-        }  # fmt: skip
-        keys, spans = [_EXEC, _THEO, _CTRL], {"macs": (0, families["macs"])}
-        for family in ("unit", "channels", "other"):
-            spans[family] = (len(keys), families[family])
-            keys += [(family, name) for name in families[family]]
+        keys: list[Any] = [_EXEC, _THEO, _CTRL]
+        spans = {"macs": (0, list(keys))}
+        for family, names in (("unit", self._units), ("channels", self._gated), ("other", self._others)):
+            spans[family] = (len(keys), list(names))
+            keys += [(family, name) for name in names]
         values = torch.tensor(list(map(self._scalars.get, keys, repeat(0))), dtype=torch.int64)
         table = (values if n == 1 else values.repeat_interleave(n)).view(len(keys), n)
         if self._records:
