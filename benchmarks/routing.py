@@ -149,6 +149,15 @@ class Trace:
     executed MACs spent in controllers.
     """
 
+    # (slots: a trace is made per batch, right after a forward pass has evicted the interpreter's
+    # data from the CPU's caches; a fixed layout touches less memory than a growing dict)
+    __slots__ = (
+        "counter", "_root", "_frame", "_stack", "_suppress", "_ctrl_depth", "_cache", "_device",
+        "_totals", "_others", "_records", "_units", "_gated", "_executions", "_margins", "_by_kind",
+        "_by_kind_rows", "_handle", "_mode", "_done", "_results", "_all_rows", "_events",
+        "_replaying", "_recording", "_on", "_hold", "_quiet", "_call", "_parts", "_wrapped",
+    )  # fmt: skip
+
     def __init__(
         self,
         *,
@@ -169,7 +178,9 @@ class Trace:
         # one measurement run (valid only while the model lives unchanged)
         self._cache: dict | None = cache
         self._device: torch.device | None = None
-        self._scalars: dict[Any, int] = {}  # per-row values common to every sample
+        # per-sample values common to every sample, by family ("macs", "unit", "channels",
+        # "other") and name
+        self._totals: dict[str, dict[Any, int]] = {"macs": {}, "unit": {}, "channels": {}, "other": {}}
         self._others: dict[str, None] = {}  # non-MAC op kinds counted, in order of first appearance
         self._records: list[tuple[Any, Any, Any, Any]] = []  # (key, rows, theo, values)
         self._units: dict[str, None] = {}  # routing units, in order of first appearance
@@ -182,7 +193,7 @@ class Trace:
         self._mode: TorchFunctionMode | None = None
         self._done = False
         self._results: dict[str, Any] = {}  # parts of the results read so far (`_materialize`)
-        self._all_rows: tuple[torch.Tensor, dict] | None = None  # every per-sample value (`_per_sample`)
+        self._all_rows: tuple[tuple, dict] | None = None  # every per-sample value (`_per_sample`)
         self._events = 0  # routing records so far (a static part must make none)
         self._replaying = 0  # > 0 inside a static part whose count is being replayed
         self._recording = 0  # > 0 inside a static part's first call: watch for data reads
@@ -211,7 +222,7 @@ class Trace:
         if self.counter == "modules":
             self._handle = nn.modules.module.register_module_forward_hook(_module_hook)
         elif self.counter == "functions":
-            self._mode = _FunctionCounter()
+            self._mode = _COUNTER_MODE
             torch._C._push_on_torch_function_stack(self._mode)  # (what entering the mode does)
             self._on = True
             if self._wrapped is not None:
@@ -294,17 +305,21 @@ class Trace:
     def _unit(self, name: str, executed: Any) -> None:
         """A routing unit's decision over the current frame: 1 / 0, or a boolean per row."""
         self._events += 1
-        if self._call is not None:
-            self._segment_step(("u", name, executed if executed.__class__ is int else None))
         self._units[name] = None
         frame = self._frame
-        if isinstance(executed, int):
-            if executed:
-                if frame.units is None:
-                    frame.units = {}
-                frame.units[name] = frame.units.get(name, 0) + executed
-        else:
+        if executed.__class__ is not int and not isinstance(executed, int):  # a tensor
+            if self._call is not None:
+                self._segment_step(("u", name, None))
             self._records.append((("unit", name), frame.rows, frame.theo, executed))
+            return
+        if self._call is not None:
+            self._segment_step(("u", name, executed))
+        if executed:
+            units = frame.units
+            if units is None:
+                frame.units = {name: executed}
+            else:
+                units[name] = units.get(name, 0) + executed
 
     def _channels(self, name: str, kept: Any) -> None:
         """A gated unit's kept output channels over the current frame: an int or per row."""
@@ -363,26 +378,25 @@ class Trace:
         if frame.replayed:
             self._settle(frame)
         batch = frame.batch or 1
-        items: list[tuple[Any, int, bool]] = [
-            (_EXEC, frame.macs // batch, False),
-            (_THEO, (frame.macs - frame.saved) // batch, True),
-            (_CTRL, frame.ctrl // batch, False),
-        ]
+        macs = {_EXEC: frame.macs // batch, _CTRL: frame.ctrl // batch}
+        theoretical = {_THEO: (frame.macs - frame.saved) // batch}
+        other = None
         if frame.other:
-            items += [(("other", k), v // batch, False) for k, v in frame.other.items()]
-            self._others.update(dict.fromkeys(k for k, v in frame.other.items() if v >= batch))
-        if frame.units:
-            items += [(("unit", k), v, True) for k, v in frame.units.items()]
-        if frame.channels:
-            items += [(("channels", k), v, True) for k, v in frame.channels.items()]
-        uniform = frame.rows is None and frame.theo is None
-        for key, value, masked in items:
-            if not value:
-                continue
-            if uniform:
-                self._scalars[key] = self._scalars.get(key, 0) + value
-            else:
-                self._records.append((key, frame.rows, frame.theo if masked else None, value))
+            other = {kind: elements // batch for kind, elements in frame.other.items()}
+            self._others.update(dict.fromkeys(kind for kind, value in other.items() if value))
+        # (family, values, whether its rows count only where the sample really ran)
+        families = (("macs", macs, False), ("macs", theoretical, True), ("other", other, False),
+                    ("unit", frame.units, True), ("channels", frame.channels, True))  # fmt: skip
+        if frame.rows is None and frame.theo is None:  # common to every sample of the batch
+            for family, values, _ in families:
+                if values:
+                    _add_counts(self._totals[family], values)
+        else:
+            for family, values, masked in families:
+                for name, value in (values or {}).items():
+                    if value:
+                        key = name if family == "macs" else (family, name)
+                        self._records.append((key, frame.rows, frame.theo if masked else None, value))
         frame.macs = frame.saved = frame.ctrl = 0
         frame.other = frame.units = frame.channels = None
 
@@ -453,32 +467,22 @@ class Trace:
     # --- dynamic parts' segments (see _DynamicPart) -------------------------------------------
     def _call_begins(self, part: _DynamicPart, node: _Node | None, args: tuple) -> _Call:
         """A dynamic part's call starts at `node` of its path tree: the enclosing call's segment
-        ends, the call's first segment opens (replayed as well, the common case, if the
-        enclosing one was and this one was counted before)."""
+        ends, the call's first segment opens. (The steady state — both replayed — is handled
+        inline by the part's tracking forward.)"""
         parent = self._call
         if parent is not None:
-            if parent.state is _REPLAY and self._device is not None:
-                self._frame.replayed.append(parent.segment.costs)  # `_segment_ends`, inline
-            else:
-                self._segment_ends()
+            self._segment_ends()
         call = self._call = _Call.__new__(_Call)  # (its fields set here: one Python call less per call)
         call.part, call.node, call.segment, call.args, call.parent = part, node, node, args, parent
-        call.snapshot, call.read = None, False
-        if node is not None and self._quiet and node.costs.__class__ is _Costs:
-            call.state = _REPLAY
-        else:
-            call.state = _LIVE
-            self._segment_opens(call)
+        call.snapshot, call.read, call.state = None, False, _LIVE
+        self._segment_opens(call)
         return call
 
     def _call_ends(self, call: _Call, *, finished: bool) -> None:
         """`call` returns (or raised: then its last segment is not remembered, and the path of
         the enclosing call is lost); the enclosing call's next segment opens after its path."""
         if finished:
-            if call.state is _REPLAY and self._device is not None:
-                self._frame.replayed.append(call.segment.costs)  # `_segment_ends`, inline
-            else:
-                self._segment_ends()
+            self._segment_ends()
         parent = self._call = call.parent
         if parent is None:
             if self._quiet:
@@ -488,12 +492,6 @@ class Trace:
         node = call.node
         if not finished or node is None:
             parent.node = None
-        elif self._quiet and parent.node is not None:  # `_segment_begins`, inline, when replayed
-            after = parent.node.next.get(node)
-            if after is not None and after.costs.__class__ is _Costs:
-                parent.node = parent.segment = after
-                parent.state = _REPLAY
-                return
         self._segment_begins(node)
 
     def _segment_begins(self, event: Any) -> None:
@@ -583,33 +581,39 @@ class Trace:
             for kind, values in self._by_kind_rows:
                 value[kind] = value.get(kind, 0) + int(values.sum())
         else:
-            table, spans = self._per_sample()
+            rows, spans = self._per_sample()
             start, names = spans[part]
-            rows = table[start : start + len(names)].unbind(0)
+            rows = rows[start : start + len(names)]
             value = rows if part == "macs" else dict(zip(names, rows, strict=True))
         if self._done:
             self._results[part] = value
         return value
 
-    def _per_sample(self) -> tuple[torch.Tensor, dict[str, tuple[int, list]]]:
-        """Every per-sample value as one (values, batch) table — what is common to every
-        sample from one list of numbers (a value no record touches needs no kernel of its
-        own), plus the records' rows — and where each family's rows start, with their names."""
+    def _per_sample(self) -> tuple[tuple[torch.Tensor, ...], dict[str, tuple[int, list]]]:
+        """Every per-sample value, one tensor per row of a (values, batch) table — what is
+        common to every sample from one list of numbers (a value no record touches needs no
+        kernel of its own), plus the records' rows — and where each family's rows start, with
+        their names. (Made in few tensor operations: each costs tens of µs right after a
+        forward pass, which evicts its code from the CPU's caches.)"""
         if self._all_rows is not None:
             return self._all_rows
         n = self._root.batch or 0
-        keys: list[Any] = [_EXEC, _THEO, _CTRL]
-        spans = {"macs": (0, list(keys))}
+        totals = self._totals
+        spans = {"macs": (0, [_EXEC, _THEO, _CTRL])}
+        values = list(map(totals["macs"].get, spans["macs"][1], repeat(0)))
         for family, names in (("unit", self._units), ("channels", self._gated), ("other", self._others)):
-            spans[family] = (len(keys), list(names))
-            keys += [(family, name) for name in names]
-        values = torch.tensor(list(map(self._scalars.get, keys, repeat(0))), dtype=torch.int64)
-        table = (values if n == 1 else values.repeat_interleave(n)).view(len(keys), n)
+            spans[family] = (len(values), list(names))
+            values += map(totals[family].get, names, repeat(0))
+        table = torch.tensor(values, dtype=torch.int64)
+        table = (table if n == 1 else table.repeat_interleave(n)).view(len(values), n)
         if self._records:
+            keys = [_EXEC, _THEO, _CTRL]
+            keys += [(family, name) for family, (_, names) in spans.items() if family != "macs" for name in names]
             self._add_records(table, keys, n)
+        rows = (table.unbind(0), spans)
         if self._done:
-            self._all_rows = (table, spans)
-        return table, spans
+            self._all_rows = rows
+        return rows
 
     def _add_records(self, table: torch.Tensor, keys: list[Any], n: int) -> None:
         """Add the per-row records to the rows of `table` they belong to."""
@@ -822,6 +826,15 @@ def _module_hook(module: nn.Module, args: tuple, output: Any) -> None:
     by_kind[kind] = by_kind.get(kind, 0) + macs
 
 
+def _add_counts(totals: dict[Any, int], counts: dict[Any, int]) -> None:
+    """`totals` += `counts`, key by key."""
+    if not totals:
+        totals.update(counts)  # (the common case, one flush per trace: no Python loop)
+        return
+    for key, value in counts.items():
+        totals[key] = totals.get(key, 0) + value
+
+
 def _first_tensor(args: tuple) -> Any:
     for a in args:
         if isinstance(a, torch.Tensor):
@@ -868,6 +881,7 @@ class _FunctionCounter(TorchFunctionMode):
         return out
 
 
+_COUNTER_MODE = _FunctionCounter()  # (stateless: it counts into the active trace; traces do not nest)
 _FUNCTION_RULES = _cost._FUNCTION_RULES  # resolved rules by function (None: not counted)
 _MAC_KINDS = _cost.MAC_KINDS
 
@@ -1187,12 +1201,33 @@ class _DynamicPart:
             else:
                 key = _input_key((module.training, tr._ctrl_depth > 0, torch.is_grad_enabled()), args, kwargs)
             node = None if key is None else (root.next.get(key) or part.child(root, key))
-            call = tr._call_begins(part, node, args)
+            parent = tr._call
+            if (tr._quiet and parent.state is _REPLAY and node is not None
+                    and node.costs.__class__ is _Costs and tr._device is not None):
+                # the steady state, inline: the enclosing call's replayed segment ends and this
+                # call's first one, counted before, is replayed as well (the counter stays off)
+                tr._frame.replayed.append(parent.segment.costs)
+                call = tr._call = _Call.__new__(_Call)
+                call.part, call.node, call.segment, call.state, call.args, call.parent = (
+                    part, node, node, _REPLAY, args, parent
+                )
+            else:
+                call = tr._call_begins(part, node, args)
             try:
                 out = forward(*args, **kwargs)
             except BaseException:
                 tr._call_ends(call, finished=False)
                 raise
+            if call.state is _REPLAY and parent is not None and parent.node is not None:
+                # the steady state, inline: its last segment is replayed, and the enclosing
+                # call's next one (after this call's path) was counted before
+                after = parent.node.next.get(call.node)
+                if after is not None and after.costs.__class__ is _Costs and tr._device is not None:
+                    tr._frame.replayed.append(call.segment.costs)
+                    tr._call = parent
+                    parent.node = parent.segment = after
+                    parent.state = _REPLAY
+                    return out
             tr._call_ends(call, finished=True)
             return out
 
@@ -2100,14 +2135,15 @@ class GatedConv2d(DynamicModule):
         a replayed segment it is part of the segment's count, and only its kernels run."""
         if tr._quiet:
             return self._dense(x, None, None, None)
+        if tr._device is None:
+            tr._see(x)
+        if tr.counter is None:  # routing records only: nothing to count or to hold off
+            return self._dense(x, None, None, None)
         with _Suppressed(tr):  # it reports its own costs: nothing in it is the counter's to count
-            if tr._device is None:
-                tr._see(x)
             y = self._dense(x, None, None, None)
-        if tr.counter is not None:
-            conv = self.conv
-            macs = conv.out_channels * (conv.in_channels // conv.groups) * self._per_pair(y)
-            tr._count("conv", macs * tr._frame.batch, x)
+        conv = self.conv
+        macs = conv.out_channels * (conv.in_channels // conv.groups) * self._per_pair(y)
+        tr._count("conv", macs * tr._frame.batch, x)
         return y
 
     def _dense(
