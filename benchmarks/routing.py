@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import repeat
 from typing import Any, NamedTuple
 
@@ -403,24 +403,27 @@ class Trace:
     # --- static parts (see _StaticPart) ------------------------------------------------------
     def _snapshot(self) -> tuple:
         frame = self._frame
-        if frame.replayed:
-            self._settle(frame)
-        return (frame, frame.macs, frame.ctrl, dict(self._by_kind), dict(frame.other or {}))
+        return (frame, frame.macs, frame.ctrl, dict(self._by_kind), dict(frame.other or {}), len(frame.replayed))
 
     def _counted_after(self, snapshot: tuple) -> _Costs:
-        """What the counter counted into the current frame since `snapshot`."""
-        frame, macs, ctrl, by_kind, other = snapshot
-        if frame.replayed:
-            self._settle(frame)
-        macs_by_kind = tuple(
-            (kind, total - by_kind.get(kind, 0))
+        """What the counter counted into the current frame since `snapshot`, with the counts
+        replayed into it meanwhile (static parts inside a recorded segment)."""
+        frame, macs, ctrl, by_kind, other, replays = snapshot
+        # (MACs by kind change with the MACs; an empty segment, common between two nested
+        # calls, compares two numbers and two dicts)
+        kinds = {} if frame.macs == macs else {
+            kind: total - by_kind.get(kind, 0)
             for kind, total in self._by_kind.items() if total != by_kind.get(kind, 0)
-        )
-        others = tuple(
-            (kind, total - other.get(kind, 0))
+        }
+        others = {} if (frame.other or {}) == other else {
+            kind: total - other.get(kind, 0)
             for kind, total in (frame.other or {}).items() if total != other.get(kind, 0)
-        )
-        costs = _Costs(frame.macs - macs, frame.ctrl - ctrl, macs_by_kind, others)
+        }
+        macs, ctrl = frame.macs - macs, frame.ctrl - ctrl
+        if len(frame.replayed) > replays:
+            replayed_macs, replayed_ctrl = _add_costs(zip(frame.replayed[replays:], repeat(1)), kinds, others)
+            macs, ctrl = macs + replayed_macs, ctrl + replayed_ctrl
+        costs = _Costs(macs, ctrl, tuple(kinds.items()), tuple(others.items()))
         if self._cache is None:
             return costs
         # one object per distinct count in a measurement run: a frame adds each once
@@ -445,24 +448,19 @@ class Trace:
         self._frame.replayed.append(costs)
 
     def _settle(self, frame: _Frame) -> None:
-        """Add the counts replayed into `frame` to its totals, each distinct count once."""
-        by_kind = self._by_kind
+        """Add the counts replayed into `frame` to its totals: each distinct count once (equal
+        counts are one object), times its number."""
         replayed = frame.replayed
-        distinct = dict(zip(map(id, replayed), replayed, strict=True))  # equal counts: one object
-        for key, times in Counter(map(id, replayed)).items():
-            costs = distinct[key]
-            if costs.macs:
-                frame.macs += costs.macs * times
-                frame.ctrl += costs.ctrl * times
-                for kind, macs in costs.macs_by_kind:
-                    by_kind[kind] = by_kind.get(kind, 0) + macs * times
-            if costs.other:
-                if frame.other is None:
-                    frame.other = {}
-                other = frame.other
-                for kind, elements in costs.other:
-                    other[kind] = other.get(kind, 0) + elements * times
-        frame.replayed.clear()
+        distinct = dict(zip(map(id, replayed), replayed, strict=True))
+        if frame.other is None:
+            frame.other = {}
+        macs, ctrl = _add_costs(
+            [(distinct[key], times) for key, times in Counter(map(id, replayed)).items()],
+            self._by_kind, frame.other,
+        )  # fmt: skip
+        frame.macs += macs
+        frame.ctrl += ctrl
+        replayed.clear()
 
     # --- dynamic parts' segments (see _DynamicPart) -------------------------------------------
     def _call_begins(self, part: _DynamicPart, node: _Node | None, args: tuple) -> _Call:
@@ -835,6 +833,21 @@ def _add_counts(totals: dict[Any, int], counts: dict[Any, int]) -> None:
         totals[key] = totals.get(key, 0) + value
 
 
+def _add_costs(counted: Iterable[tuple[_Costs, int]], by_kind: dict[str, int], other: dict[str, int]) -> tuple[int, int]:
+    """Add `times` x each count of `counted` to `by_kind` and `other`; returns its (MACs,
+    controller MACs)."""
+    macs = ctrl = 0
+    for costs, times in counted:
+        if costs.macs:
+            macs += costs.macs * times
+            ctrl += costs.ctrl * times
+            for kind, amount in costs.macs_by_kind:
+                by_kind[kind] = by_kind.get(kind, 0) + amount * times
+        for kind, elements in costs.other:
+            other[kind] = other.get(kind, 0) + elements * times
+    return macs, ctrl
+
+
 def _first_tensor(args: tuple) -> Any:
     for a in args:
         if isinstance(a, torch.Tensor):
@@ -1195,6 +1208,9 @@ class _DynamicPart:
             tr = _ACTIVE
             if tr is None or tr._mode is None or tr._replaying:
                 return forward(*args, **kwargs)
+            held = tr._on  # a counted segment is open: hold the counter off for the bookkeeping
+            if held:  # (else it intercepts the key's shape reads, each a Python call)
+                _pause(tr)
             if len(args) == 1 and not kwargs and args[0].__class__ is torch.Tensor:
                 x = args[0]  # the common case, without the loop
                 key = (module.training, tr._ctrl_depth > 0, torch.is_grad_enabled(), x.shape, x.dtype)
@@ -1213,6 +1229,8 @@ class _DynamicPart:
                 )
             else:
                 call = tr._call_begins(part, node, args)
+            if held:  # (a replayed first segment keeps it off)
+                _unpause(tr)
             try:
                 out = forward(*args, **kwargs)
             except BaseException:
