@@ -2,14 +2,17 @@
 
 Timing ratios on a shared machine move by several percent between runs; an instruction count
 does not. This script runs the same forward pass plain, traced with no counter, and traced as
-the harness traces (default counter, a measurement run's cache and the model), each in its own
-process under `valgrind --tool=callgrind` with counting switched on only around the measured
-calls, and prints the instructions per forward pass and the trace's extra instructions.
+the harness traces (default counter, a measurement run's cache and the model) — on one input
+repeated (every path met before: the best case) and on a new input each time (as a measurement
+run sees them: the model's root takes a new path) — each in its own process under `valgrind
+--tool=callgrind` with counting switched on only around the measured calls, and prints the
+instructions per forward pass and the trace's extra instructions over the plain pass on the
+same inputs.
 
     python -m tests.benchmarks.trace_instructions          # needs valgrind (callgrind_control)
 
-Seeded weights (seed 0), L-Net controllers centred so that about half the blocks run, one
-seeded random 8x8 input (a small input keeps the kernels' share small; the trace's work does not
+Seeded weights (seed 0), L-Net controllers centred so that about half the blocks run, seeded
+random 8x8 inputs (a small input keeps the kernels' share small; the trace's work does not
 depend on it): an instrument figure, not a finding about a method. Takes a few minutes.
 """
 
@@ -21,11 +24,13 @@ import subprocess
 import sys
 import tempfile
 
-MODES = ("plain", "no_counter", "traced")
+#: (mode, whether each measured forward runs a new input); a new input takes a new path through
+#: the model (its root's path is new), as in a measurement run; its plain run is the reference
+MODES = (("plain", False), ("no_counter", False), ("traced", False), ("plain", True), ("traced", True))
 FORWARDS = 3
 
 
-def _child(mode: str) -> None:
+def _child(mode: str, new_inputs: bool) -> None:
     import torch
 
     from benchmarks.goldens.inference import centre_controllers
@@ -38,10 +43,11 @@ def _child(mode: str) -> None:
     set_engine(model, "sparse")
     inputs = torch.randn(8, 1, 8, 8)
     centre_controllers(model, inputs)
+    fresh = torch.randn(3 + FORWARDS, 1, 8, 8).split(1)  # (after `inputs`: the same on every run)
     x = inputs[:1]
     cache: dict = {}
 
-    def forward() -> object:
+    def forward(x: torch.Tensor) -> object:
         with torch.no_grad():
             if mode == "plain":
                 return model(x)
@@ -50,20 +56,21 @@ def _child(mode: str) -> None:
                 model(x)
             return t.macs_executed, t.macs_controller, t.units_executed
 
-    for _ in range(3):  # warm: the cache holds every path this input takes
-        forward()
+    for i in range(3):  # warm: the cache holds every path this input takes (or other inputs')
+        forward(fresh[i] if new_inputs else x)
     pid = str(os.getpid())
     subprocess.run(["callgrind_control", "--instr=on", pid], check=True, capture_output=True)
-    for _ in range(FORWARDS):
-        forward()
+    for i in range(FORWARDS):
+        forward(fresh[3 + i] if new_inputs else x)
     subprocess.run(["callgrind_control", "--instr=off", pid], check=True, capture_output=True)
 
 
-def _count(mode: str, workdir: str) -> subprocess.Popen:
+def _count(mode: str, new_inputs: bool, workdir: str) -> subprocess.Popen:
+    name = mode + ("_new" if new_inputs else "")
     command = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no",
-        f"--callgrind-out-file={os.path.join(workdir, mode + '.out')}",
-        sys.executable, "-m", "tests.benchmarks.trace_instructions", "--child", mode,
+        f"--callgrind-out-file={os.path.join(workdir, name + '.out')}",
+        sys.executable, "-m", "tests.benchmarks.trace_instructions", "--child", mode, str(int(new_inputs)),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
@@ -71,22 +78,22 @@ def _count(mode: str, workdir: str) -> subprocess.Popen:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
-        runs = {mode: _count(mode, workdir) for mode in MODES}
+        runs = {(mode, new): _count(mode, new, workdir) for mode, new in MODES}
         counts = {}
-        for mode, run in runs.items():
+        for key, run in runs.items():
             _, err = run.communicate()
             found = re.findall(r"Collected : (\d+)", err)
             if run.returncode or not found:
-                raise SystemExit(f"valgrind run '{mode}' failed:\n{err[-2000:]}")
-            counts[mode] = int(found[-1]) / FORWARDS
-    plain = counts["plain"]
-    for mode in MODES:
-        extra = counts[mode] - plain
-        print(f"{mode:11s} {counts[mode] / 1e6:8.3f} M instructions per forward   trace's extra {extra / 1e6:6.3f} M")
+                raise SystemExit(f"valgrind run {key} failed:\n{err[-2000:]}")
+            counts[key] = int(found[-1]) / FORWARDS
+    for (mode, new), count in counts.items():
+        extra = count - counts[("plain", new)]
+        inputs = "a new input each" if new else "one input repeated"
+        print(f"{mode:11s} {inputs:18s} {count / 1e6:8.3f} M instructions per forward   trace's extra {extra / 1e6:6.3f} M")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        _child(sys.argv[2])
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        _child(sys.argv[2], sys.argv[3] == "1")
     else:
         main()
