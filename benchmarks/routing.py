@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable
 from itertools import repeat
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -114,23 +114,38 @@ class _Frame:
     `rows`: original sample indices (None: all rows of the traced batch, in order); `batch`:
     number of rows; `theo`: per-row mask of the rows that would run with perfect skipping
     (None: all; the masked engine also runs rows whose decision was "skip"). Costs common to
-    every row of the frame are plain Python integers (`macs`, `saved` = executed − theoretical,
-    `ctrl`, `other`:
-    batch totals; `units`, `channels`: per row) and become per-sample records when the frame
+    every row of the frame are plain Python integers (`counts`: MACs by kind, controller MACs
+    and other ops by kind, batch totals packed in one integer; `saved` = executed −
+    theoretical; `units`, `channels`: per row) and become per-sample records when the frame
     closes, so that bookkeeping costs no tensor operation unless rows really differ.
-    `replayed`: the remembered counts replayed into the frame, added to its totals when they
-    are read (a replay appends one reference; a count met many times is added once).
     """
 
-    __slots__ = ("rows", "batch", "theo", "macs", "saved", "ctrl", "other", "units", "channels", "replayed")
+    __slots__ = ("rows", "batch", "theo", "counts", "saved", "units", "channels")
 
     def __init__(self, rows: torch.Tensor | None, batch: int | None, theo: torch.Tensor | None):
         self.rows, self.batch, self.theo = rows, batch, theo
-        self.macs = self.saved = self.ctrl = 0
-        self.other: dict[str, int] | None = None
+        self.counts = self.saved = 0
         self.units: dict[str, int] | None = None
         self.channels: dict[str, int] | None = None
-        self.replayed: list[_Costs] = []
+
+
+# A frame's counts — MACs by kind, controller MACs, other ops by kind — are the fields of one
+# Python integer, each _FIELD_BITS wide: adding a remembered count to a frame is one addition,
+# and what a stretch of code counted is one subtraction (counts only grow). A count of a static
+# part or of a segment of a dynamic call is such an integer too.
+_FIELDS = (*_cost.MAC_KINDS, "ctrl", *_cost.OTHER_KINDS)
+_FIELD_BITS = 96  # (a batch's total of any field stays far below 2**96)
+_FIELD_MASK = (1 << _FIELD_BITS) - 1
+_SHIFT = {name: i * _FIELD_BITS for i, name in enumerate(_FIELDS)}
+_CTRL_ONE = 1 << _SHIFT["ctrl"]
+#: kind -> what one unit of it adds to a frame's counts, outside and inside a controller
+_ONE = {kind: 1 << _SHIFT[kind] for kind in (*_cost.MAC_KINDS, *_cost.OTHER_KINDS)}
+_ONE_CTRL = {kind: one + (_CTRL_ONE if kind in _cost.MAC_KINDS else 0) for kind, one in _ONE.items()}
+
+
+def _unpack(counts: int) -> dict[str, int]:
+    """A frame's packed counts as {field: batch total}."""
+    return {name: (counts >> shift) & _FIELD_MASK for name, shift in _SHIFT.items()}
 
 
 _EXEC, _THEO, _CTRL = "macs_executed", "macs_theoretical", "macs_controller"
@@ -264,19 +279,7 @@ class Trace:
         """A layer's MACs (batch total), common to every row of the current frame."""
         if self._device is None:
             self._see(x)
-        frame = self._frame
-        frame.macs += macs
-        if self._ctrl_depth:
-            frame.ctrl += macs
-        self._by_kind[kind] = self._by_kind.get(kind, 0) + macs
-
-    def _count_other(self, kind: str, elements: int, x: Any) -> None:
-        if self._device is None:
-            self._see(x)
-        frame = self._frame
-        if frame.other is None:
-            frame.other = {}
-        frame.other[kind] = frame.other.get(kind, 0) + elements
+        self._frame.counts += macs * (_ONE_CTRL if self._ctrl_depth else _ONE)[kind]
 
     def _per_row(self, kind: str, executed: Any, theoretical: Any) -> None:
         """MACs per row of the current frame, each an int (common to all rows) or a tensor."""
@@ -375,14 +378,18 @@ class Trace:
             self._segment_begins(("q",))
 
     def _flush(self, frame: _Frame) -> None:
-        if frame.replayed:
-            self._settle(frame)
         batch = frame.batch or 1
-        macs = {_EXEC: frame.macs // batch, _CTRL: frame.ctrl // batch}
-        theoretical = {_THEO: (frame.macs - frame.saved) // batch}
-        other = None
-        if frame.other:
-            other = {kind: elements // batch for kind, elements in frame.other.items()}
+        counts = _unpack(frame.counts) if frame.counts else dict.fromkeys(_FIELDS, 0)
+        executed = 0
+        by_kind = self._by_kind
+        for kind in _cost.MAC_KINDS:
+            if counts[kind]:
+                executed += counts[kind]
+                by_kind[kind] = by_kind.get(kind, 0) + counts[kind]
+        macs = {_EXEC: executed // batch, _CTRL: counts["ctrl"] // batch}
+        theoretical = {_THEO: (executed - frame.saved) // batch}
+        other = {kind: counts[kind] // batch for kind in _cost.OTHER_KINDS if counts[kind]} or None
+        if other:
             self._others.update(dict.fromkeys(kind for kind, value in other.items() if value))
         # (family, values, whether its rows count only where the sample really ran)
         families = (("macs", macs, False), ("macs", theoretical, True), ("other", other, False),
@@ -397,43 +404,24 @@ class Trace:
                     if value:
                         key = name if family == "macs" else (family, name)
                         self._records.append((key, frame.rows, frame.theo if masked else None, value))
-        frame.macs = frame.saved = frame.ctrl = 0
-        frame.other = frame.units = frame.channels = None
+        frame.counts = frame.saved = 0
+        frame.units = frame.channels = None
 
     # --- static parts (see _StaticPart) ------------------------------------------------------
-    def _snapshot(self) -> tuple:
-        frame = self._frame
-        return (frame, frame.macs, frame.ctrl, dict(self._by_kind), dict(frame.other or {}), len(frame.replayed))
+    def _snapshot(self) -> tuple[_Frame, int]:
+        return (self._frame, self._frame.counts)
 
-    def _counted_after(self, snapshot: tuple) -> _Costs:
-        """What the counter counted into the current frame since `snapshot`, with the counts
-        replayed into it meanwhile (static parts inside a recorded segment)."""
-        frame, macs, ctrl, by_kind, other, replays = snapshot
-        # (MACs by kind change with the MACs; an empty segment, common between two nested
-        # calls, compares two numbers and two dicts)
-        kinds = {} if frame.macs == macs else {
-            kind: total - by_kind.get(kind, 0)
-            for kind, total in self._by_kind.items() if total != by_kind.get(kind, 0)
-        }
-        others = {} if (frame.other or {}) == other else {
-            kind: total - other.get(kind, 0)
-            for kind, total in (frame.other or {}).items() if total != other.get(kind, 0)
-        }
-        macs, ctrl = frame.macs - macs, frame.ctrl - ctrl
-        if len(frame.replayed) > replays:
-            replayed_macs, replayed_ctrl = _add_costs(zip(frame.replayed[replays:], repeat(1)), kinds, others)
-            macs, ctrl = macs + replayed_macs, ctrl + replayed_ctrl
-        costs = _Costs(macs, ctrl, tuple(kinds.items()), tuple(others.items()))
-        if self._cache is None:
-            return costs
-        # one object per distinct count in a measurement run: a frame adds each once
-        return self._cache.setdefault(("count", costs), costs)
+    def _counted_after(self, snapshot: tuple[_Frame, int]) -> int:
+        """What was counted into the current frame since `snapshot` (counted by the counter, or
+        replayed by static parts inside a recorded segment), packed."""
+        frame, counts = snapshot
+        return frame.counts - counts
 
     def _mark(self) -> tuple:
         self._recording += 1
         return (self._events, self._ctrl_depth, self._snapshot())
 
-    def _counted_since(self, mark: tuple) -> _Costs | None:
+    def _counted_since(self, mark: tuple) -> int | None:
         """What the counter counted since `mark`, or None if routing was recorded meanwhile
         (then the part is not static and is never replayed)."""
         self._recording -= 1
@@ -442,25 +430,10 @@ class Trace:
             return None
         return self._counted_after(snapshot)
 
-    def _replay(self, costs: _Costs, args: tuple) -> None:
+    def _replay(self, costs: int, args: tuple) -> None:
         if self._device is None:
             self._see(_first_tensor(args))
-        self._frame.replayed.append(costs)
-
-    def _settle(self, frame: _Frame) -> None:
-        """Add the counts replayed into `frame` to its totals: each distinct count once (equal
-        counts are one object), times its number."""
-        replayed = frame.replayed
-        distinct = dict(zip(map(id, replayed), replayed, strict=True))
-        if frame.other is None:
-            frame.other = {}
-        macs, ctrl = _add_costs(
-            [(distinct[key], times) for key, times in Counter(map(id, replayed)).items()],
-            self._by_kind, frame.other,
-        )  # fmt: skip
-        frame.macs += macs
-        frame.ctrl += ctrl
-        replayed.clear()
+        self._frame.counts += costs
 
     # --- dynamic parts' segments (see _DynamicPart) -------------------------------------------
     def _call_begins(self, part: _DynamicPart, node: _Node | None, args: tuple) -> _Call:
@@ -499,7 +472,7 @@ class Trace:
         node = call.node
         if node is not None:
             node = call.node = node.next.get(event) or call.part.child(node, event)
-            if self._quiet and node is not None and node.costs.__class__ is _Costs:
+            if self._quiet and node is not None and node.costs.__class__ is int:
                 call.segment, call.state = node, _REPLAY  # replayed as well: the counter stays off
                 return
         self._segment_opens(call)
@@ -509,9 +482,9 @@ class Trace:
         replayed segment followed by one counted before (the common case) is stepped inline."""
         call = self._call
         if call.state is _REPLAY and self._device is not None:
-            self._frame.replayed.append(call.segment.costs)
+            self._frame.counts += call.segment.costs
             node = call.node.next.get(event)
-            if node is not None and node.costs.__class__ is _Costs:
+            if node is not None and node.costs.__class__ is int:
                 call.node = call.segment = node
                 return
         else:
@@ -523,7 +496,7 @@ class Trace:
         it (and remember the count unless it read values)."""
         node = call.segment = call.node
         costs = None if node is None else node.costs
-        if costs.__class__ is _Costs:
+        if costs.__class__ is int:
             call.state = _REPLAY
             if not self._quiet:
                 self._quiet = True
@@ -550,7 +523,7 @@ class Trace:
         if state is _REPLAY:
             if self._device is None:
                 self._see(_first_tensor(call.args))
-            self._frame.replayed.append(call.segment.costs)
+            self._frame.counts += call.segment.costs
         elif state is _RECORD:
             call.segment.costs = _LIVE if call.read else self._counted_after(call.snapshot)
             call.snapshot = None
@@ -816,12 +789,7 @@ def _module_hook(module: nn.Module, args: tuple, output: Any) -> None:
         macs = formula(module, args, output)
     if tr._device is None:
         tr._see(args[0] if args else None)
-    frame = tr._frame
-    frame.macs += macs
-    if tr._ctrl_depth:
-        frame.ctrl += macs
-    by_kind = tr._by_kind
-    by_kind[kind] = by_kind.get(kind, 0) + macs
+    tr._frame.counts += macs * (_ONE_CTRL if tr._ctrl_depth else _ONE)[kind]
 
 
 def _add_counts(totals: dict[Any, int], counts: dict[Any, int]) -> None:
@@ -831,21 +799,6 @@ def _add_counts(totals: dict[Any, int], counts: dict[Any, int]) -> None:
         return
     for key, value in counts.items():
         totals[key] = totals.get(key, 0) + value
-
-
-def _add_costs(counted: Iterable[tuple[_Costs, int]], by_kind: dict[str, int], other: dict[str, int]) -> tuple[int, int]:
-    """Add `times` x each count of `counted` to `by_kind` and `other`; returns its (MACs,
-    controller MACs)."""
-    macs = ctrl = 0
-    for costs, times in counted:
-        if costs.macs:
-            macs += costs.macs * times
-            ctrl += costs.ctrl * times
-            for kind, amount in costs.macs_by_kind:
-                by_kind[kind] = by_kind.get(kind, 0) + amount * times
-        for kind, elements in costs.other:
-            other[kind] = other.get(kind, 0) + elements * times
-    return macs, ctrl
 
 
 def _first_tensor(args: tuple) -> Any:
@@ -881,22 +834,12 @@ class _FunctionCounter(TorchFunctionMode):
             amount = formula(args, kwargs, out)
             if tr._device is None:
                 tr._see(_first_tensor(args))
-            frame = tr._frame
-            if kind in _MAC_KINDS:
-                frame.macs += amount
-                if tr._ctrl_depth:
-                    frame.ctrl += amount
-                tr._by_kind[kind] = tr._by_kind.get(kind, 0) + amount
-            else:
-                if frame.other is None:
-                    frame.other = {}
-                frame.other[kind] = frame.other.get(kind, 0) + amount
+            tr._frame.counts += amount * (_ONE_CTRL if tr._ctrl_depth else _ONE)[kind]
         return out
 
 
 _COUNTER_MODE = _FunctionCounter()  # (stateless: it counts into the active trace; traces do not nest)
 _FUNCTION_RULES = _cost._FUNCTION_RULES  # resolved rules by function (None: not counted)
-_MAC_KINDS = _cost.MAC_KINDS
 
 
 #: calls whose result depends on tensor values in a way that can steer the Python code or the
@@ -963,16 +906,6 @@ class _Suppressed:
 # call is never replayed.
 
 
-class _Costs(NamedTuple):
-    """What one call of a static part (or one segment of a dynamic part's call) counted: MACs
-    and other ops, by kind. Equal counts compare equal: a frame adds each distinct one once."""
-
-    macs: int
-    ctrl: int
-    macs_by_kind: tuple
-    other: tuple
-
-
 class _StaticPart:
     """One maximal static submodule of a traced model and its counts by input key."""
 
@@ -981,7 +914,7 @@ class _StaticPart:
     def __init__(self, module: nn.Module):
         self.module = module
         self.forward = self._replaying(module.forward)
-        self.costs: dict[Any, _Costs] = {}
+        self.costs: dict[Any, int] = {}  # input key -> packed counts (see _FIELDS)
         self.dynamic = False
 
     def _replaying(self, forward: Callable[..., Any]) -> Callable[..., Any]:
@@ -1163,7 +1096,7 @@ class _Node:
 
     def __init__(self) -> None:
         self.next: dict[Any, _Node] = {}
-        self.costs: _Costs | str | None = None  # None: not met yet; _LIVE: it reads values
+        self.costs: int | str | None = None  # packed counts; None: not met yet; _LIVE: it reads values
 
 
 class _Call:
@@ -1219,10 +1152,10 @@ class _DynamicPart:
             node = None if key is None else (root.next.get(key) or part.child(root, key))
             parent = tr._call
             if (tr._quiet and parent.state is _REPLAY and node is not None
-                    and node.costs.__class__ is _Costs and tr._device is not None):
+                    and node.costs.__class__ is int and tr._device is not None):
                 # the steady state, inline: the enclosing call's replayed segment ends and this
                 # call's first one, counted before, is replayed as well (the counter stays off)
-                tr._frame.replayed.append(parent.segment.costs)
+                tr._frame.counts += parent.segment.costs
                 call = tr._call = _Call.__new__(_Call)
                 call.part, call.node, call.segment, call.state, call.args, call.parent = (
                     part, node, node, _REPLAY, args, parent
@@ -1240,8 +1173,8 @@ class _DynamicPart:
                 # the steady state, inline: its last segment is replayed, and the enclosing
                 # call's next one (after this call's path) was counted before
                 after = parent.node.next.get(call.node)
-                if after is not None and after.costs.__class__ is _Costs and tr._device is not None:
-                    tr._frame.replayed.append(call.segment.costs)
+                if after is not None and after.costs.__class__ is int and tr._device is not None:
+                    tr._frame.counts += call.segment.costs
                     tr._call = parent
                     parent.node = parent.segment = after
                     parent.state = _REPLAY
