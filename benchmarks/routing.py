@@ -511,8 +511,9 @@ class Trace:
             call.read = False
         else:
             call.state = _LIVE
-            if self._parts is not None:
-                self._parts.live = True
+            if not call.part.live:  # its static parts are wrapped from the next trace on
+                call.part.live = True
+                self._parts.live += 1
         if self._quiet:
             self._quiet = False
             _sync(self)
@@ -958,28 +959,47 @@ class _StaticPart:
 
 
 class _ModelParts:
-    """A traced model's static and dynamic parts, kept in a measurement run's cache. Static
-    parts inside a dynamic part need no replay of their own while that part's segments are
-    replayed (their counts are in the segments'): they are wrapped only once some dynamic
-    part's segment was counted live (it reads values), from the next trace on."""
+    """A traced model's static and dynamic parts, kept in a measurement run's cache. A static
+    part inside a dynamic part needs no replay of its own while that part's segments are
+    replayed (its count is in the segments'): it is wrapped only once the dynamic part that
+    calls it (the innermost one around it) had a segment counted live — it reads values, or its
+    path tree is full — from the next trace on. (Unwrapped, such a part is still counted
+    exactly: by the interceptor.)"""
 
-    __slots__ = ("model", "static", "dynamic", "live", "_outer", "_every")
+    __slots__ = ("model", "static", "dynamic", "live", "_owners", "_wrapped")
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.static = [_StaticPart(m) for m in _static_parts(model)]
         self.dynamic = [_DynamicPart(m) for m in _dynamic_parts(model)]
-        self.live = False
-        inside = {id(m) for part in self.dynamic for m in part.module.modules() if m is not part.module}
-        self._outer = _Wrapped([*(p for p in self.static if id(p.module) not in inside), *self.dynamic])
-        self._every: _Wrapped | None = None
+        self.live = 0  # dynamic parts that had a live segment so far
+        self._owners = _innermost_dynamic(model, self.static, self.dynamic)
+        self._wrapped: tuple[int, _Wrapped] | None = None
 
     def wrapped(self) -> _Wrapped:
-        if not self.live:
-            return self._outer
-        if self._every is None:
-            self._every = _Wrapped([*self.static, *self.dynamic])
-        return self._every
+        """The parts a trace sets its forwards on: every dynamic part, the static parts outside
+        them, and the static parts of the dynamic parts that had a live segment."""
+        if self._wrapped is None or self._wrapped[0] != self.live:
+            static = [part for part, owner in zip(self.static, self._owners, strict=True) if owner is None or owner.live]
+            self._wrapped = (self.live, _Wrapped([*static, *self.dynamic]))
+        return self._wrapped[1]
+
+
+def _innermost_dynamic(
+    model: nn.Module, static: list[_StaticPart], dynamic: list[_DynamicPart]
+) -> list[_DynamicPart | None]:
+    """For each static part, the innermost dynamic part around it (None: outside every one)."""
+    by_module = {id(part.module): part for part in dynamic}
+    around: dict[int, _DynamicPart | None] = {id(model): None}
+
+    def visit(module: nn.Module, enclosing: _DynamicPart | None) -> None:
+        for child in module._modules.values():
+            if child is not None and id(child) not in around:
+                around[id(child)] = enclosing
+                visit(child, by_module.get(id(child), enclosing))
+
+    visit(model, by_module.get(id(model)))
+    return [around[id(part.module)] for part in static]
 
 
 class _Wrapped:
@@ -1118,12 +1138,13 @@ class _Call:
 class _DynamicPart:
     """A dynamic module of a traced model and the tree of paths its calls took."""
 
-    __slots__ = ("module", "forward", "root", "nodes")
+    __slots__ = ("module", "forward", "root", "nodes", "live")
 
     def __init__(self, module: nn.Module):
         self.module = module
         self.root = _Node()  # its first steps: the calls' input keys
         self.nodes = 0
+        self.live = False  # one of its segments was counted live
         self.forward = self._tracking(module.forward)
 
     def child(self, node: _Node, event: Any) -> _Node | None:

@@ -750,10 +750,18 @@ def test_dynamic_code_replayed_path_by_path_counts_what_interception_counts(make
     nodes = [n for p in parts for n in _path_nodes(p.root)]
     assert any(isinstance(n.costs, int) for n in nodes)  # something was replayed (a packed count)
     assert any(n.costs == "live" for n in nodes)  # the segment with the read never is
-    # from the trace after the first live segment, the static parts inside the dynamic ones
-    # are replayed on their own (inside replayed segments their counts are the segments')
-    assert cache[("static parts", id(model))].live
-    assert any(p.costs for p in cache[("static parts", id(model))].static)
+    # from the trace after the first live segment, the static parts of the dynamic part that
+    # had it are replayed on their own (inside replayed segments their counts are the
+    # segments'); those of the other dynamic parts are not even wrapped
+    model_parts = cache[("static parts", id(model))]
+    assert model_parts.live == 1
+    assert any(p.costs for p in model_parts.static)
+    wrapped = {id(d) for d in model_parts.wrapped().dicts}
+    of_inner = {id(m) for m in inner.modules()}
+    assert [id(p.module.__dict__) in wrapped for p in model_parts.static] == [
+        id(p.module) in of_inner for p in model_parts.static
+    ]
+    assert isinstance(model, _ReadsItsDecision) or id(model.head.__dict__) not in wrapped
     assert not any("forward" in m.__dict__ for m in model.modules())
 
 
