@@ -4,8 +4,9 @@ Real test images at CIFAR resolution (Fashion-MNIST padded to 32×32 where the d
 installed, else digits padded to 32×32), batches of 64 and of 1, CPU, one thread, eval mode
 under no_grad. Each round runs a new batch, as a measurement run sees its inputs (a dynamic
 model takes new paths, and its plain time changes with them), through every call of the round;
-the calls are interleaved so that machine noise hits them alike, and the ratio of medians is
-reported (targets: <= 1.05 at batch 1, <= 1.02 at batch 64). Beside it, the best case: one
+the calls are interleaved (their order rotated each round) so that machine noise hits them
+alike, and the median of the per-round ratios is reported with its 10th-90th percentile range
+(targets: <= 1.05 at batch 1, <= 1.02 at batch 64). Beside it, the best case: one
 batch over and over, every path met before (`one batch repeated`). The traced call includes reading the per-sample tensors; the trace counts with its
 default (`functions`) counter, as the harness traces: with a measurement run's cache and the
 model, so that the counts of the model's static parts, and of its dynamic modules' own code
@@ -64,18 +65,29 @@ def _model(name: str) -> torch.nn.Module:
     return model
 
 
-def interleaved_times(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds of each call, the calls interleaved round by round."""
+def interleaved_times(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each call in each round, the calls interleaved round by round and their order
+    rotated from one round to the next (no call always follows the same one)."""
+    names = list(calls)
     for _ in range(2):
         for call in calls.values():
             call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
             t0 = time.perf_counter()
-            call()
+            calls[name]()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def ratio_over_rounds(times: dict[str, list[float]], name: str, reference: str = "plain") -> tuple[float, float, float]:
+    """Median, 10th and 90th percentile of `name`'s time over `reference`'s, round by round: a
+    round pairs the calls, so that noise drifting on a shared machine hits both alike."""
+    ratios = sorted(a / b for a, b in zip(times[name], times[reference], strict=True))
+    deciles = statistics.quantiles(ratios, n=10)
+    return statistics.median(ratios), deciles[0], deciles[-1]
 
 
 def _on_each(call: Callable[[torch.Tensor], object], batches: tuple[torch.Tensor, ...]) -> Callable[[], object]:
@@ -91,7 +103,7 @@ def test_trace_overhead(benchmark, name, batch):
     torch.set_num_threads(1)
     try:
         model = _model(name)
-        rounds = 15 if batch > 1 else 60
+        rounds = 15 if batch > 1 else 120
         # a new batch every round, the same one for every call of the round (a measurement run
         # sees each input once: a dynamic model's paths are new, and so is its plain time)
         batches = tuple(b for b in _images(batch * (rounds + 2)).split(batch) if len(b) == batch)
@@ -119,20 +131,20 @@ def test_trace_overhead(benchmark, name, batch):
 
         assert all(torch.equal(a, b) for a, b in zip(traced(first)[:2], intercepted(first)[:2], strict=True))
         calls = {"plain": plain, "traced": traced, "intercepted": intercepted, "no_counter": no_counter}
-        median = interleaved_times({key: _on_each(call, batches) for key, call in calls.items()}, rounds)
+        times = interleaved_times({key: _on_each(call, batches) for key, call in calls.items()}, rounds)
         # the best case beside it: one batch over and over (every path met before)
         same = interleaved_times({"plain": lambda: plain(first), "traced": lambda: traced(first)}, rounds)
-        ratio = median["traced"] / median["plain"]
-        full = median["intercepted"] / median["plain"]
-        floor = median["no_counter"] / median["plain"]
-        repeated = same["traced"] / same["plain"]
+        ratio, low, high = ratio_over_rounds(times, "traced")
+        full, floor = ratio_over_rounds(times, "intercepted")[0], ratio_over_rounds(times, "no_counter")[0]
+        repeated = ratio_over_rounds(same, "traced")[0]
+        plain_ms, traced_ms = statistics.median(times["plain"]) * 1e3, statistics.median(times["traced"]) * 1e3
         benchmark.extra_info.update(
-            {"model": name, "batch": batch, "plain_ms": median["plain"] * 1e3,
-             "traced_ms": median["traced"] * 1e3, "overhead_ratio": ratio,
+            {"model": name, "batch": batch, "rounds": rounds, "plain_ms": plain_ms, "traced_ms": traced_ms,
+             "overhead_ratio": ratio, "overhead_ratio_p10": low, "overhead_ratio_p90": high,
              "intercepted_ratio": full, "no_counter_ratio": floor, "repeated_input_ratio": repeated}
         )  # fmt: skip
-        print(f"\n{name} batch {batch}: plain {median['plain'] * 1e3:.2f} ms, traced "
-              f"{median['traced'] * 1e3:.2f} ms, traced/plain {ratio:.3f} (one batch repeated: "
+        print(f"\n{name} batch {batch}: plain {plain_ms:.2f} ms, traced {traced_ms:.2f} ms, traced/plain "
+              f"{ratio:.3f} (p10-p90 {low:.3f}-{high:.3f} over {rounds} rounds; one batch repeated: "
               f"{repeated:.3f}), intercepted/plain {full:.3f}, no counter/plain {floor:.3f}")
         benchmark.pedantic(lambda: traced(first), rounds=3, iterations=1)
     finally:
