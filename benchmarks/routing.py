@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from array import array
 from collections import deque
 from collections.abc import Callable
 from itertools import repeat
@@ -449,9 +450,10 @@ class Trace:
         self._segment_opens(call)
         return call
 
-    def _call_ends(self, call: _Call, *, finished: bool) -> None:
+    def _call_ends(self, call: _Call, returned: Any, *, finished: bool = True) -> None:
         """`call` returns (or raised: then its last segment is not remembered, and the path of
-        the enclosing call is lost); the enclosing call's next segment opens after its path."""
+        the enclosing call is lost); the enclosing call's next segment opens after `returned`,
+        the key of what it returned (`_returned_key`; None: no key, the path is lost)."""
         if finished:
             self._segment_ends()
         parent = self._call = call.parent
@@ -460,14 +462,13 @@ class Trace:
                 self._quiet = False
                 _sync(self)
             return
-        node = call.node
-        if not finished or node is None:
+        if not finished or returned is None:
             parent.node = None
-        self._segment_begins(node)
+        self._segment_begins(returned)
 
     def _segment_begins(self, event: Any) -> None:
         """Open the next segment of the innermost dynamic call after `event` (a routing record,
-        a frame change, a nested call's path)."""
+        a frame change, what a nested call returned)."""
         call = self._call
         node = call.node
         if node is not None:
@@ -576,7 +577,8 @@ class Trace:
         for family, names in (("unit", self._units), ("channels", self._gated), ("other", self._others)):
             spans[family] = (len(values), list(names))
             values += map(totals[family].get, names, repeat(0))
-        table = torch.tensor(values, dtype=torch.int64)
+        # (from a buffer: a shorter path than converting a list, which matters cold)
+        table = torch.frombuffer(array("q", values), dtype=torch.int64)
         table = (table if n == 1 else table.repeat_interleave(n)).view(len(values), n)
         if self._records:
             keys = [_EXEC, _THEO, _CTRL]
@@ -1100,7 +1102,8 @@ def _static_parts(model: nn.Module) -> list[nn.Module]:
 # between two routing records is a function of its input key and of the path taken so far:
 # the records made (units, kept channels, costs, frames entered: each a decision's outcome), the
 # outcomes of the values it read through torch (`.item()`, `bool()`, `nonzero()`: seen because
-# such a segment is always intercepted) and the paths of the dynamic calls nested in it. Each
+# such a segment is always intercepted) and what the dynamic calls nested in it returned (the
+# shapes and dtypes: the caller sees a nested call only through its result). Each
 # dynamic module (but GatedConv2d, which counts itself) keeps a tree of the paths its calls
 # took, each node holding what the segment that starts there counted; a segment met again is
 # replayed with the interceptor off, until the next routing record.
@@ -1188,22 +1191,48 @@ class _DynamicPart:
             try:
                 out = forward(*args, **kwargs)
             except BaseException:
-                tr._call_ends(call, finished=False)
+                tr._call_ends(call, None, finished=False)
                 raise
-            if call.state is _REPLAY and parent is not None and parent.node is not None:
+            if parent is None:
+                tr._call_ends(call, None)
+                return out
+            if tr._on:  # (a counted segment is open: its shape reads would be intercepted)
+                _pause(tr)
+                returned = _returned_key(out)
+                _unpause(tr)
+            else:
+                returned = (out.shape, out.dtype) if out.__class__ is torch.Tensor else _returned_key(out)
+            if call.state is _REPLAY and parent.node is not None:
                 # the steady state, inline: its last segment is replayed, and the enclosing
-                # call's next one (after this call's path) was counted before
-                after = parent.node.next.get(call.node)
+                # call's next one (after what this call returned) was counted before
+                after = parent.node.next.get(returned)
                 if after is not None and after.costs.__class__ is int and tr._device is not None:
                     tr._frame.counts += call.segment.costs
                     tr._call = parent
                     parent.node = parent.segment = after
                     parent.state = _REPLAY
                     return out
-            tr._call_ends(call, finished=True)
+            tr._call_ends(call, returned)
             return out
 
         return tracking_forward
+
+
+def _returned_key(out: Any) -> Any:
+    """What the code after a dynamic call can see of the call, as a step of the enclosing
+    call's path: the shapes and dtypes of the tensors it returned, the values of returned
+    numbers and strings (None: a value a key cannot hold, such as a dict). By the execution
+    contract the caller's code depends on the call only through what it returned — the values
+    it reads of it are read through torch, so seen — not on the path the call took inside: the
+    caller's path does not grow with its nested calls' decisions."""
+    if isinstance(out, torch.Tensor):
+        return (out.shape, out.dtype)
+    if isinstance(out, _KEY_SCALARS):
+        return ("=", out)
+    if isinstance(out, (tuple, list)):
+        steps = tuple(map(_returned_key, out))
+        return None if None in steps else ("returned", steps)
+    return None
 
 
 def _int_or_none(value: Any) -> int | None:
