@@ -4,7 +4,7 @@ Timing ratios on a shared machine move by several percent between runs; an instr
 does not. This script runs the same forward pass plain, traced with no counter, and traced as
 the harness traces (default counter, a measurement run's cache and the model) — on one input
 repeated (every path met before: the best case) and on a new input each time (as a measurement
-run sees them: the model's root takes a new path) — each in its own process under `valgrind
+run sees them: its blocks take other decisions) — each in its own process under `valgrind
 --tool=callgrind` with counting switched on only around the measured calls, and prints the
 instructions per forward pass and the trace's extra instructions over the plain pass on the
 same inputs.
@@ -24,8 +24,8 @@ import subprocess
 import sys
 import tempfile
 
-#: (mode, whether each measured forward runs a new input); a new input takes a new path through
-#: the model (its root's path is new), as in a measurement run; its plain run is the reference
+#: (mode, whether each measured forward runs a new input); a new input takes other decisions
+#: (paths the trace may not have met), as in a measurement run; its plain run is the reference
 MODES = (("plain", False), ("no_counter", False), ("traced", False), ("plain", True), ("traced", True))
 FORWARDS = 3
 
