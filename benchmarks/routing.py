@@ -380,7 +380,7 @@ class Trace:
 
     def _flush(self, frame: _Frame) -> None:
         batch = frame.batch or 1
-        counts = _unpack(frame.counts) if frame.counts else dict.fromkeys(_FIELDS, 0)
+        counts = _unpack(frame.counts)
         executed = 0
         by_kind = self._by_kind
         for kind in _cost.MAC_KINDS:
@@ -453,7 +453,7 @@ class Trace:
     def _call_ends(self, call: _Call, returned: Any, *, finished: bool = True) -> None:
         """`call` returns (or raised: then its last segment is not remembered, and the path of
         the enclosing call is lost); the enclosing call's next segment opens after `returned`,
-        the key of what it returned (`_returned_key`; None: no key, the path is lost)."""
+        the step of what it returned (`_outcome`; None: no step, the path is lost)."""
         if finished:
             self._segment_ends()
         parent = self._call = call.parent
@@ -1198,10 +1198,10 @@ class _DynamicPart:
                 return out
             if tr._on:  # (a counted segment is open: its shape reads would be intercepted)
                 _pause(tr)
-                returned = _returned_key(out)
+                returned = _outcome(out)
                 _unpause(tr)
             else:
-                returned = (out.shape, out.dtype) if out.__class__ is torch.Tensor else _returned_key(out)
+                returned = (out.shape, out.dtype) if out.__class__ is torch.Tensor else _outcome(out)
             if call.state is _REPLAY and parent.node is not None:
                 # the steady state, inline: its last segment is replayed, and the enclosing
                 # call's next one (after what this call returned) was counted before
@@ -1218,23 +1218,6 @@ class _DynamicPart:
         return tracking_forward
 
 
-def _returned_key(out: Any) -> Any:
-    """What the code after a dynamic call can see of the call, as a step of the enclosing
-    call's path: the shapes and dtypes of the tensors it returned, the values of returned
-    numbers and strings (None: a value a key cannot hold, such as a dict). By the execution
-    contract the caller's code depends on the call only through what it returned — the values
-    it reads of it are read through torch, so seen — not on the path the call took inside: the
-    caller's path does not grow with its nested calls' decisions."""
-    if isinstance(out, torch.Tensor):
-        return (out.shape, out.dtype)
-    if isinstance(out, _KEY_SCALARS):
-        return ("=", out)
-    if isinstance(out, (tuple, list)):
-        steps = tuple(map(_returned_key, out))
-        return None if None in steps else ("returned", steps)
-    return None
-
-
 def _int_or_none(value: Any) -> int | None:
     """A record's value on a path: the number itself, None for a tensor (rows that differ do
     not steer the model's code: what does is read through torch and seen, or enters a frame)."""
@@ -1242,16 +1225,22 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _outcome(out: Any) -> Any:
-    """What a value read returned, as a path step: numbers and booleans as they are, tensors by
-    shape (a read whose result is a tensor, like `nonzero`, steers the code by its size; its
-    values are read again through torch if they steer more); None where it cannot be held."""
+    """What a value read or a nested dynamic call returned, as a path step: numbers, booleans
+    and strings as they are, tensors by shape and dtype (a read whose result is a tensor, like
+    `nonzero`, steers the code by its size; its values are read again through torch if they
+    steer more); None where it cannot be held (a dict, say: the path ends there).
+
+    A nested call steps its caller's path by its result only: by the execution contract the
+    caller's code depends on the call through what it returned — the values it reads of it are
+    read through torch, so seen — not on the path the call took inside, so the caller's path
+    does not grow with its nested calls' decisions."""
     if isinstance(out, (bool, int, float, complex, str, type(None))):
         return ("=", out)
     if isinstance(out, torch.Tensor):
-        return tuple(out.shape)
+        return (out.shape, out.dtype)
     if isinstance(out, (tuple, list)):
-        steps = tuple(_outcome(o) for o in out)
-        return None if any(step is None for step in steps) else steps
+        steps = tuple(map(_outcome, out))
+        return None if None in steps else steps
     return None
 
 
