@@ -170,8 +170,8 @@ class Trace:
     __slots__ = (
         "counter", "_root", "_frame", "_stack", "_suppress", "_ctrl_depth", "_cache", "_device",
         "_totals", "_others", "_records", "_units", "_gated", "_executions", "_margins", "_by_kind",
-        "_by_kind_rows", "_handle", "_mode", "_done", "_results", "_all_rows", "_events",
-        "_replaying", "_recording", "_on", "_hold", "_quiet", "_call", "_parts", "_wrapped",
+        "_by_kind_rows", "_handle", "_mode", "_done", "_results", "_values", "_all_rows", "_events",
+        "_replaying", "_recording", "_on", "_hold", "_quiet", "_call", "_parts", "_wrapped", "_tracked",
     )  # fmt: skip
 
     def __init__(
@@ -209,7 +209,8 @@ class Trace:
         self._mode: TorchFunctionMode | None = None
         self._done = False
         self._results: dict[str, Any] = {}  # parts of the results read so far (`_materialize`)
-        self._all_rows: tuple[tuple, dict] | None = None  # every per-sample value (`_per_sample`)
+        self._values: tuple[torch.Tensor, dict] | None = None  # every per-sample value (`value_table()`)
+        self._all_rows: tuple[tuple, dict] | None = None  # the same, a tensor per row (`_rows`)
         self._events = 0  # routing records so far (a static part must make none)
         self._replaying = 0  # > 0 inside a static part whose count is being replayed
         self._recording = 0  # > 0 inside a static part's first call: watch for data reads
@@ -222,11 +223,12 @@ class Trace:
         self._call: _Call | None = None  # the innermost open call of a dynamic part
         self._parts: _ModelParts | None = None
         self._wrapped: _Wrapped | None = None
+        self._tracked: dict[int, Callable[[tuple, dict], Any]] | None = None  # see DynamicModule.__call__
         if model is not None and cache is not None and counter == "functions":
             parts = cache.get(("static parts", id(model)))
             if parts is None or parts.model is not model:
                 parts = cache[("static parts", id(model))] = _ModelParts(model)
-            self._parts, self._wrapped = parts, parts.wrapped()
+            self._parts, self._wrapped, self._tracked = parts, parts.wrapped(), parts.tracked
 
     # --- context ----------------------------------------------------------------------------
     def __enter__(self) -> Trace:
@@ -554,40 +556,54 @@ class Trace:
             for kind, values in self._by_kind_rows:
                 value[kind] = value.get(kind, 0) + int(values.sum())
         else:
-            rows, spans = self._per_sample()
-            start, names = spans[part]
+            rows, families = self._rows()
+            start, names = families[part]
             rows = rows[start : start + len(names)]
             value = rows if part == "macs" else dict(zip(names, rows, strict=True))
         if self._done:
             self._results[part] = value
         return value
 
-    def _per_sample(self) -> tuple[tuple[torch.Tensor, ...], dict[str, tuple[int, list]]]:
-        """Every per-sample value, one tensor per row of a (values, batch) table — what is
-        common to every sample from one list of numbers (a value no record touches needs no
-        kernel of its own), plus the records' rows — and where each family's rows start, with
-        their names. (Made in few tensor operations: each costs tens of µs right after a
-        forward pass, which evicts its code from the CPU's caches.)"""
+    def _rows(self) -> tuple[tuple[torch.Tensor, ...], dict[str, tuple[int, list[str]]]]:
+        """The rows of `value_table()`, one tensor each."""
         if self._all_rows is not None:
             return self._all_rows
+        table, families = self.value_table()
+        rows = (table.unbind(0), families)
+        if self._done:
+            self._all_rows = rows
+        return rows
+
+    def value_table(self) -> tuple[torch.Tensor, dict[str, tuple[int, list[str]]]]:
+        """Every per-sample value of the trace as one int64 tensor of (values, batch) on the
+        CPU, and where each family's rows are: family -> (first row, names in row order), for
+        "macs" (`macs_executed`, `macs_theoretical`, `macs_controller`), "unit"
+        (`units_executed`), "channels" (`channels_kept`), "other" (`other_ops`), each family's
+        rows following the previous one's. The properties return the same rows, a tensor
+        each; reading the table instead makes no tensor per row (at batch 1, where a forward
+        pass has just evicted their code from the CPU's caches, those cost more than the rest
+        of the read: the cost harness reads the table)."""
+        if self._values is not None:
+            return self._values
+        # (what is common to every sample from one list of numbers — a value no record touches
+        # needs no kernel of its own — plus the records' rows; from a buffer: a shorter path
+        # than converting a list)
         n = self._root.batch or 0
         totals = self._totals
-        spans = {"macs": (0, [_EXEC, _THEO, _CTRL])}
-        values = list(map(totals["macs"].get, spans["macs"][1], repeat(0)))
+        families = {"macs": (0, [_EXEC, _THEO, _CTRL])}
+        values = list(map(totals["macs"].get, families["macs"][1], repeat(0)))
         for family, names in (("unit", self._units), ("channels", self._gated), ("other", self._others)):
-            spans[family] = (len(values), list(names))
+            families[family] = (len(values), list(names))
             values += map(totals[family].get, names, repeat(0))
-        # (from a buffer: a shorter path than converting a list, which matters cold)
         table = torch.frombuffer(array("q", values), dtype=torch.int64)
         table = (table if n == 1 else table.repeat_interleave(n)).view(len(values), n)
         if self._records:
             keys = [_EXEC, _THEO, _CTRL]
-            keys += [(family, name) for family, (_, names) in spans.items() if family != "macs" for name in names]
+            keys += [(family, name) for family, (_, names) in families.items() if family != "macs" for name in names]
             self._add_records(table, keys, n)
-        rows = (table.unbind(0), spans)
         if self._done:
-            self._all_rows = rows
-        return rows
+            self._values = (table, families)
+        return table, families
 
     def _add_records(self, table: torch.Tensor, keys: list[Any], n: int) -> None:
         """Add the per-row records to the rows of `table` they belong to."""
@@ -638,13 +654,13 @@ class Trace:
     def macs_controller(self) -> torch.Tensor:
         return self._materialize("macs")[2]
 
-    def _table(self, family: str) -> dict[str, torch.Tensor]:
+    def _family(self, family: str) -> dict[str, torch.Tensor]:
         return dict(self._materialize(family))
 
     @property
     def units_executed(self) -> dict[str, torch.Tensor]:
         """Routing unit -> number of times it ran, per sample (usually 0 or 1)."""
-        return self._table("unit")
+        return self._family("unit")
 
     @property
     def executions(self) -> dict[str, dict[str, int]]:
@@ -660,7 +676,7 @@ class Trace:
     @property
     def channels_kept(self) -> dict[str, torch.Tensor]:
         """Channel-gated unit -> kept output channels, per sample (0 where it did not run)."""
-        return self._table("channels")
+        return self._family("channels")
 
     @property
     def decision_margins(self) -> dict[str, torch.Tensor]:
@@ -693,7 +709,7 @@ class Trace:
     @property
     def other_ops(self) -> dict[str, torch.Tensor]:
         """Non-MAC op kind -> elements processed per sample (`functions` counter only)."""
-        return self._table("other")
+        return self._family("other")
 
     @property
     def macs_by_kind_total(self) -> dict[str, int]:
@@ -968,22 +984,24 @@ class _ModelParts:
     path tree is full — from the next trace on. (Unwrapped, such a part is still counted
     exactly: by the interceptor.)"""
 
-    __slots__ = ("model", "static", "dynamic", "live", "_owners", "_wrapped")
+    __slots__ = ("model", "static", "dynamic", "tracked", "live", "_owners", "_wrapped")
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.static = [_StaticPart(m) for m in _static_parts(model)]
         self.dynamic = [_DynamicPart(m) for m in _dynamic_parts(model)]
+        #: id of a dynamic part's module -> its tracked call (see DynamicModule.__call__)
+        self.tracked = {id(part.module): part.call for part in self.dynamic}
         self.live = 0  # dynamic parts that had a live segment so far
         self._owners = _innermost_dynamic(model, self.static, self.dynamic)
-        self._wrapped: tuple[int, _Wrapped] | None = None
+        self._wrapped: tuple[int, _Wrapped | None] | None = None
 
-    def wrapped(self) -> _Wrapped:
-        """The parts a trace sets its forwards on: every dynamic part, the static parts outside
-        them, and the static parts of the dynamic parts that had a live segment."""
+    def wrapped(self) -> _Wrapped | None:
+        """The static parts a trace sets its forwards on (None: none): those outside every
+        dynamic part, and those of the dynamic parts that had a live segment."""
         if self._wrapped is None or self._wrapped[0] != self.live:
             static = [part for part, owner in zip(self.static, self._owners, strict=True) if owner is None or owner.live]
-            self._wrapped = (self.live, _Wrapped([*static, *self.dynamic]))
+            self._wrapped = (self.live, _Wrapped(static) if static else None)
         return self._wrapped[1]
 
 
@@ -1005,13 +1023,13 @@ def _innermost_dynamic(
 
 
 class _Wrapped:
-    """The replaying forwards of a model's static and dynamic parts, set on the instances for
-    the duration of a trace. Set and removed by C-level maps over the instances' dicts: a
+    """The replaying forwards of a model's static parts, set on the instances for the duration
+    of a trace. Set and removed by C-level maps over the instances' dicts: a
     ResNet-56 has some sixty parts, and a Python loop over them costs a batch-1 forward 2%."""
 
     __slots__ = ("dicts", "forwards")
 
-    def __init__(self, parts: list[_StaticPart | _DynamicPart]):
+    def __init__(self, parts: list[_StaticPart]):
         self.dicts = [part.module.__dict__ for part in parts]
         self.forwards = [part.forward for part in parts]
 
@@ -1019,13 +1037,11 @@ class _Wrapped:
         deque(map(dict.setdefault, self.dicts, repeat("forward"), self.forwards), maxlen=0)
 
     def remove(self) -> None:
-        current = list(map(dict.get, self.dicts, repeat("forward")))
-        if current == self.forwards:  # (functions compare by identity)
-            deque(map(dict.pop, self.dicts, repeat("forward")), maxlen=0)
-            return
-        for instance_dict, forward, found in zip(self.dicts, self.forwards, current, strict=True):
-            if found is forward:  # (a forward set by someone else during the trace stays)
-                del instance_dict["forward"]
+        found = list(map(dict.pop, self.dicts, repeat("forward"), repeat(None)))
+        if found != self.forwards:  # (functions compare by identity)
+            for instance_dict, forward, current in zip(self.dicts, self.forwards, found, strict=True):
+                if current is not forward and current is not None:
+                    instance_dict["forward"] = current  # (set by someone else during the trace: it stays)
 
 
 _KEY_SCALARS = (int, float, bool, str, type(None))
@@ -1107,6 +1123,15 @@ def _static_parts(model: nn.Module) -> list[nn.Module]:
 # dynamic module (but GatedConv2d, which counts itself) keeps a tree of the paths its calls
 # took, each node holding what the segment that starts there counted; a segment met again is
 # replayed with the interceptor off, until the next routing record.
+#
+# The same contract makes a nested call's input key and its result functions of the caller's
+# path: where the caller's replayed path is at node P when a call of part Q starts, that call
+# has the same key every time (what the caller passes is computed by code that depends on the
+# path only; Python state such as a submodule's training flag does not change while a
+# measurement run's cache lives), and where that call's path ends at node E, it returned the
+# same shapes. So P remembers which of Q's nodes the key leads to, and E which node of the
+# caller's tree follows P after the return: the steady state of a nested call builds no key,
+# reads no shape and touches few objects (each a cache miss after the convolutions before it).
 
 _RECORD, _REPLAY, _LIVE = "record", "replay", "live"  # a segment's state; _LIVE: always counted
 _MAX_NODES = 4096  # per dynamic module: past it, new paths are counted, not remembered
@@ -1115,11 +1140,19 @@ _MAX_NODES = 4096  # per dynamic module: past it, new paths are counted, not rem
 class _Node:
     """A point on a dynamic module's path tree: what the segment starting here counted."""
 
-    __slots__ = ("next", "costs")
+    __slots__ = ("next", "costs", "nested_part", "nested_node", "returns_from", "returns_to")
 
     def __init__(self) -> None:
         self.next: dict[Any, _Node] = {}
         self.costs: int | str | None = None  # packed counts; None: not met yet; _LIVE: it reads values
+        # (see above) the nested call that starts where a call's path is at this node, as met
+        # last: its part and the node of its key, whose first segment was counted before
+        self.nested_part: _DynamicPart | None = None
+        self.nested_node: _Node | None = None
+        # a call whose path ended at this node, as met last: the caller's node when it started,
+        # and the caller's node after it returned (whose segment was counted before)
+        self.returns_from: _Node | None = None
+        self.returns_to: _Node | None = None
 
 
 class _Call:
@@ -1141,14 +1174,15 @@ class _Call:
 class _DynamicPart:
     """A dynamic module of a traced model and the tree of paths its calls took."""
 
-    __slots__ = ("module", "forward", "root", "nodes", "live")
+    __slots__ = ("module", "call", "root", "nodes", "live")
 
     def __init__(self, module: nn.Module):
         self.module = module
         self.root = _Node()  # its first steps: the calls' input keys
         self.nodes = 0
         self.live = False  # one of its segments was counted live
-        self.forward = self._tracking(module.forward)
+        #: `call(args, kwargs)`: the module's call, followed on its path tree inside a trace
+        self.call = self._tracking(module._call_impl)
 
     def child(self, node: _Node, event: Any) -> _Node | None:
         found = node.next.get(event)
@@ -1157,71 +1191,97 @@ class _DynamicPart:
             self.nodes += 1
         return found
 
-    def _tracking(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+    def _tracking(self, call_impl: Callable[..., Any]) -> Callable[[tuple, dict], Any]:
         part = self
         module, root = self.module, self.root
 
-        def tracking_forward(*args: Any, **kwargs: Any) -> Any:
-            tr = _ACTIVE
-            if tr is None or tr._mode is None or tr._replaying:
-                return forward(*args, **kwargs)
-            held = tr._on  # a counted segment is open: hold the counter off for the bookkeeping
-            if held:  # (else it intercepts the key's shape reads, each a Python call)
-                _pause(tr)
+        def first_node(tr: Trace, args: tuple, kwargs: dict) -> _Node | None:
+            """The node of this call's input key (None: a key cannot hold its arguments)."""
             if len(args) == 1 and not kwargs and args[0].__class__ is torch.Tensor:
                 x = args[0]  # the common case, without the loop
                 key = (module.training, tr._ctrl_depth > 0, torch.is_grad_enabled(), x.shape, x.dtype)
             else:
                 key = _input_key((module.training, tr._ctrl_depth > 0, torch.is_grad_enabled()), args, kwargs)
-            node = None if key is None else (root.next.get(key) or part.child(root, key))
+            return None if key is None else (root.next.get(key) or part.child(root, key))
+
+        def tracking_call(args: tuple, kwargs: dict) -> Any:
+            tr = _ACTIVE
+            if tr is None or tr._mode is None or tr._replaying:
+                return call_impl(*args, **kwargs)
             parent = tr._call
-            if (tr._quiet and parent.state is _REPLAY and node is not None
-                    and node.costs.__class__ is int and tr._device is not None):
-                # the steady state, inline: the enclosing call's replayed segment ends and this
-                # call's first one, counted before, is replayed as well (the counter stays off)
-                tr._frame.counts += parent.segment.costs
-                call = tr._call = _Call.__new__(_Call)
-                call.part, call.node, call.segment, call.state, call.args, call.parent = (
-                    part, node, node, _REPLAY, args, parent
-                )
+            if tr._quiet and parent.state is _REPLAY and tr._device is not None:
+                # the steady state, inline: the enclosing call's replayed segment (the counter is
+                # off) ends here, and this call's first one, counted before, is replayed as well;
+                # the node of its key is the one met last at the caller's node (see above)
+                at = parent.node
+                if at.nested_part is part:
+                    node = at.nested_node
+                else:
+                    node = first_node(tr, args, kwargs)
+                    if node is not None and node.costs.__class__ is int:
+                        at.nested_part, at.nested_node = part, node
+                    else:
+                        node = None
+                if node is not None:
+                    tr._frame.counts += at.costs
+                    call = tr._call = _Call.__new__(_Call)
+                    call.part, call.node, call.segment, call.state, call.args, call.parent = (
+                        part, node, node, _REPLAY, args, parent
+                    )
+                else:
+                    call = tr._call_begins(part, first_node(tr, args, kwargs), args)
             else:
-                call = tr._call_begins(part, node, args)
-            if held:  # (a replayed first segment keeps it off)
-                _unpause(tr)
+                held = tr._on  # a counted segment is open: hold the counter off for the bookkeeping
+                if held:  # (else it intercepts the key's shape reads, each a Python call)
+                    _pause(tr)
+                call = tr._call_begins(part, first_node(tr, args, kwargs), args)
+                if held:  # (a replayed first segment keeps it off)
+                    _unpause(tr)
             try:
-                out = forward(*args, **kwargs)
+                out = call_impl(*args, **kwargs)
             except BaseException:
                 tr._call_ends(call, None, finished=False)
                 raise
             if parent is None:
                 tr._call_ends(call, None)
                 return out
-            if tr._on:  # (a counted segment is open: its shape reads would be intercepted)
-                _pause(tr)
-                returned = _outcome(out)
-                _unpause(tr)
-            else:
-                returned = (out.shape, out.dtype) if out.__class__ is torch.Tensor else _outcome(out)
-            if call.state is _REPLAY and parent.node is not None:
+            if call.state is _REPLAY and parent.node is not None and tr._device is not None:
                 # the steady state, inline: its last segment is replayed, and the enclosing
-                # call's next one (after what this call returned) was counted before
-                after = parent.node.next.get(returned)
-                if after is not None and after.costs.__class__ is int and tr._device is not None:
-                    tr._frame.counts += call.segment.costs
+                # call's next one, counted before, follows the node where this path ended (see
+                # above: met once, what the call returned is not read again)
+                at, end = parent.node, call.node
+                if end.returns_from is not at:
+                    after = at.next.get(_returned(tr, out))
+                    if after is not None and after.costs.__class__ is int:
+                        end.returns_from, end.returns_to = at, after
+                if end.returns_from is at:
+                    tr._frame.counts += end.costs
                     tr._call = parent
-                    parent.node = parent.segment = after
+                    parent.node = parent.segment = end.returns_to
                     parent.state = _REPLAY
                     return out
-            tr._call_ends(call, returned)
+            tr._call_ends(call, _returned(tr, out))
             return out
 
-        return tracking_forward
+        return tracking_call
 
 
 def _int_or_none(value: Any) -> int | None:
     """A record's value on a path: the number itself, None for a tensor (rows that differ do
     not steer the model's code: what does is read through torch and seen, or enters a frame)."""
     return value if isinstance(value, int) else None
+
+
+def _returned(tr: Trace, out: Any) -> Any:
+    """`_outcome` of what a nested call returned, read with the counter held off (in a counted
+    segment its shape reads would be intercepted)."""
+    if not tr._on:
+        return _outcome(out)
+    _pause(tr)
+    try:
+        return _outcome(out)
+    finally:
+        _unpause(tr)
 
 
 def _outcome(out: Any) -> Any:
@@ -1332,6 +1392,20 @@ class DynamicModule(nn.Module):
     """
 
     engine: str = DEFAULT_ENGINE
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # nn.Module's call (`_wrapped_call_impl`), but inside a trace that follows the traced
+        # model's dynamic parts path by path (see _DynamicPart), where the call of one of them
+        # goes through its part. (A class-level check rather than a forward set on each part
+        # for each trace: outside a trace it costs one global read, and a trace sets nothing.)
+        tr = _ACTIVE
+        if tr is not None and tr._tracked is not None:
+            call = tr._tracked.get(id(self))
+            if call is not None:
+                return call(args, kwargs)
+        if self._compiled_call_impl is not None:
+            return self._compiled_call_impl(*args, **kwargs)
+        return self._call_impl(*args, **kwargs)
 
     def set_engine(self, engine: str) -> DynamicModule:
         set_engine(self, engine)
