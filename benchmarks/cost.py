@@ -32,6 +32,7 @@ import torch.nn as nn
 from benchmarks.errors import DynbenchError
 
 if TYPE_CHECKING:  # pandas is imported lazily: routing imports this module on the hot path
+    import numpy as np
     import pandas as pd
 
 __all__ = [
@@ -657,8 +658,10 @@ def measure_cost(
         model.to(device)
     ref = _param_like(model)
     target_device = ref.device if ref is not None else torch.device("cpu")
-    columns: dict[str, list] = {c: [] for c in (*_MAC_COLUMNS, "prediction", "target")}
-    unit_batches: list[tuple[int, int, dict[str, torch.Tensor]]] = []
+    columns: dict[str, list] = {c: [] for c in ("prediction", "target")}
+    # each batch's per-sample values as one table (a tensor per value costs more than the rest
+    # of reading a trace at batch 1): (first sample, samples, values × batch, row names)
+    tables: list[tuple[int, int, torch.Tensor, dict[str, tuple[int, list[str]]]]] = []
     by_kind: dict[str, int] = {}
     cache: dict = {}
     offset = 0
@@ -672,26 +675,22 @@ def measure_cost(
             x = images.to(target_device)
             with trace(batch_size=len(x), counter=counter, cache=cache, model=model if replay else None) as t:
                 output = model(x)
-            for column in _MAC_COLUMNS:
-                columns[column].append(getattr(t, column))
+            tables.append((offset, len(x), *t.value_table()))
             logits = _logits(output)
             if logits is not None and logits.dim() == 2 and logits.shape[0] == len(x):
                 columns["prediction"].append(logits.argmax(1).cpu())
                 if targets is not None:
                     columns["target"].append(torch.as_tensor(targets).cpu())
-            unit_batches.append((offset, len(x), t.units_executed))
             for kind, total in t.macs_by_kind_total.items():
                 by_kind[kind] = by_kind.get(kind, 0) + total
             offset += len(x)
     if offset == 0:
         raise DynbenchError("no samples to measure: the split is empty")
     index = pd.RangeIndex(0, offset, name="sample")
-    per_sample = pd.DataFrame(
-        {c: torch.cat(columns[c]).numpy() for c in _MAC_COLUMNS}, index=index
-    )
-    units = _unit_frame(unit_batches, index)
+    per_sample = pd.DataFrame(_family_columns(tables, "macs", offset), index=index)
+    units = pd.DataFrame(_family_columns(tables, "unit", offset), index=index)
     per_sample["units_executed"] = units.sum(axis=1).to_numpy() if len(units.columns) else 0
-    if len(columns["prediction"]) == len(columns[_MAC_COLUMNS[0]]):
+    if len(columns["prediction"]) == len(tables):
         per_sample["prediction"] = torch.cat(columns["prediction"]).numpy()
         if len(columns["target"]) == len(columns["prediction"]):
             per_sample["target"] = torch.cat(columns["target"]).numpy()
@@ -708,22 +707,24 @@ def measure_cost(
     )
 
 
-_MAC_COLUMNS = ("macs_executed", "macs_theoretical", "macs_controller")
-
-
-def _unit_frame(batches: list[tuple[int, int, dict[str, torch.Tensor]]], index: Any) -> pd.DataFrame:
-    """Sample × unit executions; a unit absent from a batch did not run there."""
+def _family_columns(
+    tables: list[tuple[int, int, torch.Tensor, dict[str, tuple[int, list[str]]]]], family: str, samples: int
+) -> dict[str, np.ndarray]:
+    """One family's rows of the batches' value tables (`Trace.value_table`) as columns over
+    all samples, in order of first appearance; a name absent from a batch is 0 there (a unit
+    that did not run)."""
     import numpy as np
-    import pandas as pd
 
-    names: dict[str, None] = {}
-    for _, _, units in batches:
-        names.update(dict.fromkeys(units))
-    table = {name: np.zeros(len(index), dtype=np.int64) for name in names}
-    for start, size, units in batches:
-        for name, counts in units.items():
-            table[name][start : start + size] = counts.numpy()
-    return pd.DataFrame(table, index=index)
+    columns: dict[str, np.ndarray] = {}
+    for start, size, table, families in tables:
+        first, names = families[family]
+        values = table.numpy()
+        for i, name in enumerate(names):
+            column = columns.get(name)
+            if column is None:
+                column = columns[name] = np.zeros(samples, dtype=np.int64)
+            column[start : start + size] = values[first + i]
+    return columns
 
 
 def measure_split_costs(model: nn.Module, dataset: Any, *, batch_size: int = 256, **kwargs: Any) -> CostResult:

@@ -7,8 +7,10 @@ model takes new paths, and its plain time changes with them), through every call
 the calls are interleaved (their order rotated each round) so that machine noise hits them
 alike, and the median of the per-round ratios is reported with its 10th-90th percentile range
 (targets: <= 1.05 at batch 1, <= 1.02 at batch 64). Beside it, the best case: one
-batch over and over, every path met before (`one batch repeated`). The traced call includes reading the per-sample tensors; the trace counts with its
-default (`functions`) counter, as the harness traces: with a measurement run's cache and the
+batch over and over, every path met before (`one batch repeated`). The traced call includes
+reading the results as the cost harness reads them (`value_table()`, `macs_by_kind_total`;
+`properties/plain`: reading `macs_executed`, `macs_controller` and `units_executed` instead, a
+tensor per value); the trace counts with its default (`functions`) counter, as the harness traces: with a measurement run's cache and the
 model, so that the counts of the model's static parts, and of its dynamic modules' own code
 path by path, are replayed (`traced/plain`); the same trace intercepting every call is
 reported beside it (`intercepted/plain`), and the trace with no counter at all (`no
@@ -103,7 +105,7 @@ def test_trace_overhead(benchmark, name, batch):
     torch.set_num_threads(1)
     try:
         model = _model(name)
-        rounds = 30 if batch > 1 else 120
+        rounds = 30 if batch > 1 else 500
         # a new batch every round, the same one for every call of the round (a measurement run
         # sees each input once: a dynamic model's paths are new, and so is its plain time)
         batches = tuple(b for b in _images(batch * (rounds + 2)).split(batch) if len(b) == batch)
@@ -117,35 +119,44 @@ def test_trace_overhead(benchmark, name, batch):
         def traced(x):
             with torch.no_grad(), trace(batch_size=batch, cache=cache, model=model) as t:
                 model(x)
+            return t.value_table(), t.macs_by_kind_total
+
+        def properties(x):
+            with torch.no_grad(), trace(batch_size=batch, cache=cache, model=model) as t:
+                model(x)
             return t.macs_executed, t.macs_controller, t.units_executed
 
         def intercepted(x):
             with torch.no_grad(), trace(batch_size=batch) as t:
                 model(x)
-            return t.macs_executed, t.macs_controller, t.units_executed
+            return t.value_table(), t.macs_by_kind_total
 
         def no_counter(x):
             with torch.no_grad(), trace(batch_size=batch, counter=None) as t:
                 model(x)
-            return t.macs_executed, t.macs_controller, t.units_executed
+            return t.value_table(), t.macs_by_kind_total
 
-        assert all(torch.equal(a, b) for a, b in zip(traced(first)[:2], intercepted(first)[:2], strict=True))
-        calls = {"plain": plain, "traced": traced, "intercepted": intercepted, "no_counter": no_counter}
+        assert torch.equal(traced(first)[0][0], intercepted(first)[0][0])
+        calls = {"plain": plain, "traced": traced, "properties": properties, "intercepted": intercepted,
+                 "no_counter": no_counter}  # fmt: skip
         times = interleaved_times({key: _on_each(call, batches) for key, call in calls.items()}, rounds)
         # the best case beside it: one batch over and over (every path met before)
         same = interleaved_times({"plain": lambda: plain(first), "traced": lambda: traced(first)}, rounds)
         ratio, low, high = ratio_over_rounds(times, "traced")
         full, floor = ratio_over_rounds(times, "intercepted")[0], ratio_over_rounds(times, "no_counter")[0]
+        by_properties = ratio_over_rounds(times, "properties")[0]
         repeated = ratio_over_rounds(same, "traced")[0]
         plain_ms, traced_ms = statistics.median(times["plain"]) * 1e3, statistics.median(times["traced"]) * 1e3
         benchmark.extra_info.update(
             {"model": name, "batch": batch, "rounds": rounds, "plain_ms": plain_ms, "traced_ms": traced_ms,
              "overhead_ratio": ratio, "overhead_ratio_p10": low, "overhead_ratio_p90": high,
-             "intercepted_ratio": full, "no_counter_ratio": floor, "repeated_input_ratio": repeated}
+             "intercepted_ratio": full, "no_counter_ratio": floor, "repeated_input_ratio": repeated,
+             "properties_ratio": by_properties}
         )  # fmt: skip
         print(f"\n{name} batch {batch}: plain {plain_ms:.2f} ms, traced {traced_ms:.2f} ms, traced/plain "
               f"{ratio:.3f} (p10-p90 {low:.3f}-{high:.3f} over {rounds} rounds; one batch repeated: "
-              f"{repeated:.3f}), intercepted/plain {full:.3f}, no counter/plain {floor:.3f}")
+              f"{repeated:.3f}), properties/plain {by_properties:.3f}, intercepted/plain {full:.3f}, "
+              f"no counter/plain {floor:.3f}")
         benchmark.pedantic(lambda: traced(first), rounds=3, iterations=1)
     finally:
         torch.set_num_threads(threads)

@@ -496,6 +496,30 @@ def test_trace_results_and_batch_size(toys, digits):
     assert torch.all(t0.macs_executed == 0) and t0.units_executed.keys() == t.units_executed.keys()
 
 
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("name", ["lcnet", "fbs"])
+def test_the_value_table_holds_what_the_properties_return(toys, digits, name, batch):
+    """`value_table()` (what the cost harness reads) row by row against the properties."""
+    model = set_engine(toys[name], "sparse")
+    with torch.no_grad(), trace() as t:
+        model(digits[:batch])
+    table, families = t.value_table()
+    assert table.dtype == torch.int64 and table.shape[1] == batch
+    expected = {
+        "macs": dict(zip(["macs_executed", "macs_theoretical", "macs_controller"],
+                         [t.macs_executed, t.macs_theoretical, t.macs_controller], strict=True)),
+        "unit": t.units_executed, "channels": t.channels_kept, "other": t.other_ops,
+    }  # fmt: skip
+    assert list(families) == list(expected) and expected["channels"] and expected["other"]
+    row = 0
+    for family, (first, names) in families.items():
+        assert first == row and names == list(expected[family]), family
+        for i, values in enumerate(expected[family].values()):
+            assert torch.equal(table[first + i], values), (family, names[i])
+        row += len(names)
+    assert row == table.shape[0]
+
+
 # --- decision margins -------------------------------------------------------------------------
 
 

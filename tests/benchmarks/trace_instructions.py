@@ -54,7 +54,7 @@ def _child(mode: str, new_inputs: bool) -> None:
             kwargs = {"counter": None} if mode == "no_counter" else {"cache": cache, "model": model}
             with trace(batch_size=1, **kwargs) as t:
                 model(x)
-            return t.macs_executed, t.macs_controller, t.units_executed
+            return t.value_table(), t.macs_by_kind_total
 
     for i in range(3):  # warm: the cache holds every path this input takes (or other inputs')
         forward(fresh[i] if new_inputs else x)
