@@ -2090,6 +2090,9 @@ class GatedConv2d(DynamicModule):
     return the same tensor (dropped channels are zero). `groups` must be 1 or depthwise.
     """
 
+    # nn.Module's own call: a trace never follows it path by path (it reports its own costs)
+    __call__ = nn.Module.__call__
+
     def __init__(
         self,
         conv: nn.Conv2d,
