@@ -442,7 +442,7 @@ class Trace:
     def _call_begins(self, part: _DynamicPart, node: _Node | None, args: tuple) -> _Call:
         """A dynamic part's call starts at `node` of its path tree: the enclosing call's segment
         ends, the call's first segment opens. (The steady state — both replayed — is handled
-        inline by the part's tracking forward.)"""
+        inline by the part's tracked call.)"""
         parent = self._call
         if parent is not None:
             self._segment_ends()
@@ -1024,8 +1024,8 @@ def _innermost_dynamic(
 
 class _Wrapped:
     """The replaying forwards of a model's static parts, set on the instances for the duration
-    of a trace. Set and removed by C-level maps over the instances' dicts: a
-    ResNet-56 has some sixty parts, and a Python loop over them costs a batch-1 forward 2%."""
+    of a trace. Set and removed by C-level maps over the instances' dicts: a model can have
+    dozens of them, and a Python loop over them costs a batch-1 forward a few percent."""
 
     __slots__ = ("dicts", "forwards")
 
@@ -1307,7 +1307,8 @@ def _outcome(out: Any) -> Any:
 def _dynamic_parts(model: nn.Module) -> list[nn.Module]:
     """The dynamic modules of `model` whose calls a trace follows path by path: every
     DynamicModule but GatedConv2d (it reports its own costs; none of its code is counted) and
-    modules whose forward is set on the instance."""
+    modules whose forward is set on the instance (not the code their class declares: their
+    calls are intercepted)."""
     return [
         m for m in model.modules()
         if isinstance(m, DynamicModule) and not isinstance(m, GatedConv2d) and "forward" not in m.__dict__

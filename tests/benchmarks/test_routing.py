@@ -790,6 +790,73 @@ def test_dynamic_code_replayed_path_by_path_counts_what_interception_counts(make
     assert not any("forward" in m.__dict__ for m in model.modules())
 
 
+def test_nested_dynamic_calls_are_followed_through_their_call_from_the_callers_node(toys, digits):
+    """The blocks of a dynamic root, followed through `DynamicModule.__call__` (nothing set on
+    the instances), their key's node and what follows their return found from where the
+    caller's path is, with a hook on one block running on every call, traced or not."""
+    model = set_engine(toys["lnet"], "sparse")
+    block = next(m for m in model.modules() if type(m).__name__ == "LCBlock")
+    shapes: list = []
+    handle = block.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    cache: dict = {}
+    try:
+        with torch.no_grad():
+            for i in range(8):
+                x = digits[i % 4 : i % 4 + 1]
+                with trace(cache=cache, model=model) as replayed:
+                    assert not any("forward" in m.__dict__ for m in model.modules())
+                    model(x)
+                with trace() as intercepted:
+                    model(x)
+                assert trace_record(replayed) == trace_record(intercepted), f"input {i}"
+            model(x)
+    finally:
+        handle.remove()
+    assert len(shapes) == 17  # 8 traced, 8 intercepted, 1 plain call
+    nodes = [n for p in cache[("static parts", id(model))].dynamic for n in _path_nodes(p.root)]
+    assert any(n.nested_part is not None for n in nodes) and any(n.returns_from is not None for n in nodes)
+
+
+class _RoutedWidth(DynamicModule):
+    """At batch 1 it returns 4 columns where its gate keeps the narrowing layer, else its 8
+    input columns: what it returns depends on its path, and its own code reads no value."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.narrow = nn.Linear(8, 1), nn.Linear(8, 4)
+        with torch.no_grad():
+            self.gate.weight.fill_(1.0)
+            self.gate.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep = decide_threshold(self.gate(x).squeeze(1), 0.0, unit="gate")
+        return self.route(self.narrow, x, keep, unit="narrow")
+
+
+class _WidthCaller(DynamicModule):
+    """Its code after the nested call counts the returned width (elements squared, summed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = _RoutedWidth()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        return (y * y).sum(1, keepdim=True)
+
+
+def test_what_a_replayed_nested_call_returned_steers_its_caller_by_where_its_path_ended():
+    model = set_engine(_WidthCaller().eval(), "sparse")
+    pos, neg = torch.ones(1, 8), -torch.ones(1, 8)
+    pairs, cache = _replayed_and_intercepted(model, [pos, neg, pos, neg, neg, pos, pos, neg])
+    for i, (replayed, intercepted) in enumerate(pairs):
+        assert replayed == intercepted, f"batch {i}"
+    assert pairs[0][0]["other"] != pairs[1][0]["other"]  # the widths count differently
+    nodes = [n for p in cache[("static parts", id(model))].dynamic for n in _path_nodes(p.root)]
+    ends = [n for n in nodes if n.returns_from is not None]
+    assert len(ends) == 2 and ends[0].returns_to is not ends[1].returns_to  # one per path
+
+
 def _path_nodes(node):
     yield node
     for child in node.next.values():
