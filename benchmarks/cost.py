@@ -673,7 +673,9 @@ def measure_cost(
     with evaluation(model):
         for images, targets in batches:
             x = images.to(target_device)
-            with trace(batch_size=len(x), counter=counter, cache=cache, model=model if replay else None) as t:
+            with trace(  # (decision margins are never read here: not recorded)
+                batch_size=len(x), counter=counter, cache=cache, model=model if replay else None, margins=False
+            ) as t:
                 output = model(x)
             tables.append((offset, len(x), *t.value_table()))
             logits = _logits(output)

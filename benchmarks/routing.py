@@ -181,6 +181,7 @@ class Trace:
         counter: str | None = "functions",
         cache: dict | None = None,
         model: nn.Module | None = None,
+        margins: bool = True,
     ):
         if counter not in COUNTERS:
             raise UnknownNameError("counter", str(counter), [str(c) for c in COUNTERS])
@@ -202,7 +203,8 @@ class Trace:
         self._units: dict[str, None] = {}  # routing units, in order of first appearance
         self._gated: dict[str, None] = {}  # channel-gated units
         self._executions: dict[str, dict[str, int]] = {}  # gated unit -> execution -> calls
-        self._margins: list[tuple[str, Any, Any, Any, tuple]] = []  # (unit, rows, theo, margin or its function, args)
+        # (unit, rows, theo, margin or its function, args); None: not recorded (`margins=False`)
+        self._margins: list[tuple[str, Any, Any, Any, tuple]] | None = [] if margins else None
         self._by_kind: dict[str, int] = {}
         self._by_kind_rows: list[tuple[str, torch.Tensor]] = []
         self._handle: Any = None
@@ -349,8 +351,9 @@ class Trace:
         # outcome joins the path where it is used, e.g. in the unit `route` records)
         if self._device is None:
             self._see(args[0] if args else margin)
-        frame = self._frame
-        self._margins.append((name, frame.rows, frame.theo, margin, args))
+        if self._margins is not None:
+            frame = self._frame
+            self._margins.append((name, frame.rows, frame.theo, margin, args))
 
     def _push(self, idx: torch.Tensor | None, theo: torch.Tensor | None) -> None:
         """Enter a sub-computation on rows `idx` of the current frame (None: the same rows),
@@ -684,6 +687,8 @@ class Trace:
         of the score from the threshold, smallest over channels; `decide_argmax`: the gap
         between the two best values); `inf` where the unit decided nothing for the sample, or
         only ran because the masked engine computes every row."""
+        if self._margins is None:
+            raise RuntimeError("this trace was made with margins=False: it recorded no decision margins")
         n = self.batch_size
         out: dict[str, torch.Tensor] = {}
         for name, rows, theo, margin, args in self._margins:
@@ -755,6 +760,7 @@ def trace(
     counter: str | None = "functions",
     cache: dict | None = None,
     model: nn.Module | None = None,
+    margins: bool = True,
 ) -> Trace:
     """Record per-sample routing and MACs of the forward pass run inside the `with` block.
 
@@ -776,8 +782,11 @@ def trace(
         for x in batches:
             with trace(cache=cache, model=model) as t:
                 model(x)
+
+    `margins=False` records no decision margins (`decision_margins` and `min_margin` then
+    raise): what a caller that never reads them — the cost harness — saves at every decision.
     """
-    return Trace(batch_size=batch_size, counter=counter, cache=cache, model=model)
+    return Trace(batch_size=batch_size, counter=counter, cache=cache, model=model, margins=margins)
 
 
 _MODULE_RULES = _cost._MODULE_RULES  # resolved rules by class (None: no MACs of its own)
@@ -1516,7 +1525,10 @@ def decide_threshold(score: torch.Tensor, tau: float, *, unit: str) -> torch.Ten
             keep = score >= tau
             tr._margin(unit, _threshold_margin, score.detach(), tau)
         return keep
-    tr._margin(unit, _threshold_margin, score.detach() if score.requires_grad else score, tau)
+    if tr._margins is None:  # (what `_margin` does then, without the call)
+        tr._events += 1
+    else:
+        tr._margin(unit, _threshold_margin, score.detach() if score.requires_grad else score, tau)
     return score >= tau
 
 
@@ -1564,7 +1576,9 @@ def decide_topk(scores: torch.Tensor, k: int, *, unit: str) -> torch.Tensor:
     tr = _ACTIVE
     if tr is not None and scores.shape[0]:
         with _Suppressed(tr):  # the record is the trace's work, not the model's
-            if k < channels:
+            if tr._margins is None:  # nothing is recorded (no kernel for it): `scores` only
+                margin = scores  # fixes the trace's batch and device if nothing did yet
+            elif k < channels:
                 margin = top.values[:, k - 1] - top.values[:, k]
             else:
                 margin = torch.full((scores.shape[0],), math.inf, device=scores.device)

@@ -8,9 +8,11 @@ the calls are interleaved (their order rotated each round) so that machine noise
 alike, and the median of the per-round ratios is reported with its 10th-90th percentile range
 (targets: <= 1.05 at batch 1, <= 1.02 at batch 64). Beside it, the best case: one
 batch over and over, every path met before (`one batch repeated`). The traced call includes
-reading the results as the cost harness reads them (`value_table()`, `macs_by_kind_total`;
-`properties/plain`: reading `macs_executed`, `macs_controller` and `units_executed` instead, a
-tensor per value); the trace counts with its default (`functions`) counter, as the harness traces: with a measurement run's cache and the
+reading the results as the cost harness reads them (`value_table()`, `macs_by_kind_total`), and
+the trace records no decision margins, which the harness never reads (`properties/plain`: the
+same trace with margins recorded, reading `macs_executed`, `macs_controller` and
+`units_executed`, a tensor per value); the trace counts with its default (`functions`) counter,
+as the harness traces: with a measurement run's cache and the
 model, so that the counts of the model's static parts, and of its dynamic modules' own code
 path by path, are replayed (`traced/plain`); the same trace intercepting every call is
 reported beside it (`intercepted/plain`), and the trace with no counter at all (`no
@@ -117,7 +119,7 @@ def test_trace_overhead(benchmark, name, batch):
                 return model(x)
 
         def traced(x):
-            with torch.no_grad(), trace(batch_size=batch, cache=cache, model=model) as t:
+            with torch.no_grad(), trace(batch_size=batch, cache=cache, model=model, margins=False) as t:
                 model(x)
             return t.value_table(), t.macs_by_kind_total
 
@@ -127,12 +129,12 @@ def test_trace_overhead(benchmark, name, batch):
             return t.macs_executed, t.macs_controller, t.units_executed
 
         def intercepted(x):
-            with torch.no_grad(), trace(batch_size=batch) as t:
+            with torch.no_grad(), trace(batch_size=batch, margins=False) as t:
                 model(x)
             return t.value_table(), t.macs_by_kind_total
 
         def no_counter(x):
-            with torch.no_grad(), trace(batch_size=batch, counter=None) as t:
+            with torch.no_grad(), trace(batch_size=batch, counter=None, margins=False) as t:
                 model(x)
             return t.value_table(), t.macs_by_kind_total
 

@@ -553,6 +553,24 @@ def test_decisions_record_their_margins_per_sample():
     assert torch.equal(decide_argmax(x, unit="q"), x.argmax(1))
 
 
+@pytest.mark.parametrize("name", ["lcnet_lc_cifar_resnet20", "fbs_cifar_resnet20", "d2nn_cascade"])
+def test_a_trace_without_margins_records_the_same_and_no_margin(digits, name):
+    """`margins=False` (the cost harness's trace) records everything else alike and says so
+    when margins are asked for."""
+    kwargs = {"num_classes": 2, "width": 4} if name.startswith("d2nn") else {"num_classes": 10}
+    torch.manual_seed(0)
+    model = set_engine(create_model(name, in_chans=1, **kwargs).eval(), "sparse")
+    for x in (digits[:1], digits[:6]):
+        with torch.no_grad(), trace() as full:
+            model(x)
+        with torch.no_grad(), trace(margins=False) as bare:
+            model(x)
+        assert full.decision_margins
+        assert trace_record(bare, margins=False) == {k: v for k, v in trace_record(full).items() if k != "margins"}
+        with pytest.raises(RuntimeError, match="margins=False"):
+            bare.min_margin()
+
+
 def test_channel_decision_margins_are_the_smallest_over_channels():
     from benchmarks.routing import decide_threshold
 
