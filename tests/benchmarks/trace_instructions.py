@@ -18,6 +18,7 @@ depend on it): an instrument figure, not a finding about a method. Takes a few m
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import subprocess
@@ -58,6 +59,10 @@ def _child(mode: str, new_inputs: bool) -> None:
 
     for i in range(3):  # warm: the cache holds every path this input takes (or other inputs')
         forward(fresh[i] if new_inputs else x)
+    # (the objects made so far — torch's, the model's — out of the collector's reach: a full
+    # collection walks them all, millions of instructions that land in one run's window or not)
+    gc.collect()
+    gc.freeze()
     pid = str(os.getpid())
     subprocess.run(["callgrind_control", "--instr=on", pid], check=True, capture_output=True)
     for i in range(FORWARDS):
