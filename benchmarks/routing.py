@@ -1223,22 +1223,20 @@ class _DynamicPart:
                 # off) ends here, and this call's first one, counted before, is replayed as well;
                 # the node of its key is the one met last at the caller's node (see above)
                 at = parent.node
-                if at.nested_part is part:
-                    node = at.nested_node
-                else:
+                node, counted = at.nested_node, at.nested_part is part
+                if not counted:
                     node = first_node(tr, args, kwargs)
-                    if node is not None and node.costs.__class__ is int:
+                    counted = node is not None and node.costs.__class__ is int
+                    if counted:
                         at.nested_part, at.nested_node = part, node
-                    else:
-                        node = None
-                if node is not None:
+                if counted:
                     tr._frame.counts += at.costs
                     call = tr._call = _Call.__new__(_Call)
                     call.part, call.node, call.segment, call.state, call.args, call.parent = (
                         part, node, node, _REPLAY, args, parent
                     )
                 else:
-                    call = tr._call_begins(part, first_node(tr, args, kwargs), args)
+                    call = tr._call_begins(part, node, args)
             else:
                 held = tr._on  # a counted segment is open: hold the counter off for the bookkeeping
                 if held:  # (else it intercepts the key's shape reads, each a Python call)
@@ -1259,8 +1257,10 @@ class _DynamicPart:
                 # call's next one, counted before, follows the node where this path ended (see
                 # above: met once, what the call returned is not read again)
                 at, end = parent.node, call.node
+                returned = None
                 if end.returns_from is not at:
-                    after = at.next.get(_returned(tr, out))
+                    returned = _returned(tr, out)
+                    after = at.next.get(returned)
                     if after is not None and after.costs.__class__ is int:
                         end.returns_from, end.returns_to = at, after
                 if end.returns_from is at:
@@ -1268,6 +1268,9 @@ class _DynamicPart:
                     tr._call = parent
                     parent.node = parent.segment = end.returns_to
                     parent.state = _REPLAY
+                    return out
+                if returned is not None:
+                    tr._call_ends(call, returned)
                     return out
             tr._call_ends(call, _returned(tr, out))
             return out
