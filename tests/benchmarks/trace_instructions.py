@@ -1,4 +1,4 @@
-"""Trace overhead in machine instructions: LC-Net L on ResNet-56 at batch 1, counted by valgrind.
+"""Trace overhead in machine instructions: a ResNet-56-sized model at batch 1, counted by valgrind.
 
 Timing ratios on a shared machine move by several percent between runs; an instruction count
 does not. This script runs the same forward pass plain, traced with no counter, and traced as
@@ -9,9 +9,11 @@ run sees them: its blocks take other decisions) — each in its own process unde
 instructions per forward pass and the trace's extra instructions over the plain pass on the
 same inputs.
 
-    python -m tests.benchmarks.trace_instructions          # needs valgrind (callgrind_control)
+    python -m tests.benchmarks.trace_instructions [MODEL]   # needs valgrind (callgrind_control)
 
-Seeded weights (seed 0), L-Net controllers centred so that about half the blocks run, seeded
+MODEL: one of `test_bench_routing`'s models (default `lcnet_l_cifar_resnet56`; the toy L-Net,
+`toy_lnet_resnet56`, routes through `route` and ungated `GatedConv2d`s instead). Seeded weights
+(seed 0), controllers centred so that about half the blocks run, seeded
 random 8x8 inputs (a small input keeps the kernels' share small; the trace's work does not
 depend on it): an instrument figure, not a finding about a method. Takes a few minutes.
 """
@@ -31,19 +33,23 @@ MODES = (("plain", False), ("no_counter", False), ("traced", False), ("plain", T
 FORWARDS = 3
 
 
-def _child(mode: str, new_inputs: bool) -> None:
+DEFAULT_MODEL = "lcnet_l_cifar_resnet56"
+
+
+def _child(name: str, mode: str, new_inputs: bool) -> None:
     import torch
 
     from benchmarks.goldens.inference import centre_controllers
-    from benchmarks.registry import create_model
     from benchmarks.routing import set_engine, trace
+    from tests.benchmarks.test_bench_routing import MODELS
+    from tests.benchmarks.toy_models import calibrate
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = create_model("lcnet_l_cifar_resnet56", num_classes=10, in_chans=1).eval()
-    set_engine(model, "sparse")
+    model = MODELS[name]().eval()
     inputs = torch.randn(8, 1, 8, 8)
-    centre_controllers(model, inputs)
+    (calibrate if name.startswith("toy") else centre_controllers)(model, inputs)
+    set_engine(model, "sparse")
     fresh = torch.randn(3 + FORWARDS, 1, 8, 8).split(1)  # (after `inputs`: the same on every run)
     x = inputs[:1]
     cache: dict = {}
@@ -70,21 +76,27 @@ def _child(mode: str, new_inputs: bool) -> None:
     subprocess.run(["callgrind_control", "--instr=off", pid], check=True, capture_output=True)
 
 
-def _count(mode: str, new_inputs: bool, workdir: str) -> subprocess.Popen:
-    name = mode + ("_new" if new_inputs else "")
+def _count(name: str, mode: str, new_inputs: bool, workdir: str) -> subprocess.Popen:
+    run = mode + ("_new" if new_inputs else "")
     command = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no",
-        f"--callgrind-out-file={os.path.join(workdir, name + '.out')}",
-        sys.executable, "-m", "tests.benchmarks.trace_instructions", "--child", mode, str(int(new_inputs)),
+        f"--callgrind-out-file={os.path.join(workdir, run + '.out')}",
+        sys.executable, "-m", "tests.benchmarks.trace_instructions", "--child", name, mode,
+        str(int(new_inputs)),
     ]  # fmt: skip
     # (a fixed hash seed: string hashes steer dict probing, which moves counts by ~0.1 M per run)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def main() -> None:
+def main(name: str) -> None:
+    from tests.benchmarks.test_bench_routing import MODELS
+
+    if name not in MODELS:
+        raise SystemExit(f"unknown model '{name}'; choose from: {', '.join(sorted(MODELS))}")
+    print(f"{name}, batch 1, {FORWARDS} forward passes per mode")
     with tempfile.TemporaryDirectory() as workdir:
-        runs = {(mode, new): _count(mode, new, workdir) for mode, new in MODES}
+        runs = {(mode, new): _count(name, mode, new, workdir) for mode, new in MODES}
         counts = {}
         for key, run in runs.items():
             _, err = run.communicate()
@@ -99,7 +111,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        _child(sys.argv[2], sys.argv[3] == "1")
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        _child(sys.argv[2], sys.argv[3], sys.argv[4] == "1")
     else:
-        main()
+        main(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_MODEL)
