@@ -320,8 +320,21 @@ class Trace:
                 self._segment_step(("u", name, None))
             self._records.append((("unit", name), frame.rows, frame.theo, executed))
             return
-        if self._call is not None:
-            self._segment_step(("u", name, executed))
+        call = self._call
+        if call is not None:
+            event = ("u", name, executed)
+            if call.state is _REPLAY and self._device is not None:
+                # (`_segment_step`'s steady state, inline: a routed block's one record at batch 1)
+                costs = call.segment.costs
+                if costs:
+                    frame.counts += costs
+                node = call.node.next.get(event)
+                if node is not None and node.costs.__class__ is int:
+                    call.node = call.segment = node
+                else:
+                    self._segment_begins(event)
+            else:
+                self._segment_step(event)
         if executed:
             units = frame.units
             if units is None:
@@ -449,6 +462,10 @@ class Trace:
         parent = self._call
         if parent is not None:
             self._segment_ends()
+        elif self._device is None and _first_tensor(args) is not None:
+            # the model's input, seen now (a replayed first segment sees nothing; else the first
+            # nested call would meet an unknown device and leave the steady state)
+            self._see(_first_tensor(args))
         call = self._call = _Call.__new__(_Call)  # (its fields set here: one Python call less per call)
         call.part, call.node, call.segment, call.args, call.parent = part, node, node, args, parent
         call.snapshot, call.read, call.state = None, False, _LIVE
@@ -488,7 +505,9 @@ class Trace:
         replayed segment followed by one counted before (the common case) is stepped inline."""
         call = self._call
         if call.state is _REPLAY and self._device is not None:
-            self._frame.counts += call.segment.costs
+            costs = call.segment.costs
+            if costs:  # (a packed count is a long integer: adding nothing costs)
+                self._frame.counts += costs
             node = call.node.next.get(event)
             if node is not None and node.costs.__class__ is int:
                 call.node = call.segment = node
@@ -1230,7 +1249,8 @@ class _DynamicPart:
                     if counted:
                         at.nested_part, at.nested_node = part, node
                 if counted:
-                    tr._frame.counts += at.costs
+                    if at.costs:  # (a packed count is a long integer: adding nothing costs)
+                        tr._frame.counts += at.costs
                     call = tr._call = _Call.__new__(_Call)
                     call.part, call.node, call.segment, call.state, call.args, call.parent = (
                         part, node, node, _REPLAY, args, parent
@@ -1252,26 +1272,25 @@ class _DynamicPart:
             if parent is None:
                 tr._call_ends(call, None)
                 return out
-            if call.state is _REPLAY and parent.node is not None and tr._device is not None:
+            at = parent.node
+            if call.state is _REPLAY and at is not None and tr._device is not None:
                 # the steady state, inline: its last segment is replayed, and the enclosing
                 # call's next one, counted before, follows the node where this path ended (see
                 # above: met once, what the call returned is not read again)
-                at, end = parent.node, call.node
-                returned = None
+                end = call.node
                 if end.returns_from is not at:
                     returned = _returned(tr, out)
                     after = at.next.get(returned)
-                    if after is not None and after.costs.__class__ is int:
-                        end.returns_from, end.returns_to = at, after
-                if end.returns_from is at:
+                    if after is None or after.costs.__class__ is not int:
+                        tr._call_ends(call, returned)
+                        return out
+                    end.returns_from, end.returns_to = at, after
+                if end.costs:
                     tr._frame.counts += end.costs
-                    tr._call = parent
-                    parent.node = parent.segment = end.returns_to
-                    parent.state = _REPLAY
-                    return out
-                if returned is not None:
-                    tr._call_ends(call, returned)
-                    return out
+                tr._call = parent
+                parent.node = parent.segment = end.returns_to
+                parent.state = _REPLAY
+                return out
             tr._call_ends(call, _returned(tr, out))
             return out
 
@@ -2158,13 +2177,17 @@ class GatedConv2d(DynamicModule):
         gate: torch.Tensor | None = None,
         in_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if gate is None and in_mask is None and _ACTIVE is None and not self.training and not torch.is_grad_enabled():
-            return self._dense(x, None, None, None)  # no decision, no trace: the plain layer
         tr = _ACTIVE
+        if gate is None and in_mask is None:  # no decision: the plain layer
+            if tr is None:
+                if not self.training and not torch.is_grad_enabled():
+                    return self._dense(x, None, None, None)
+            elif tr._quiet:  # in a replayed segment its count is the segment's: only the kernels run
+                return self._dense(x, None, None, None)
+            else:
+                return self._traced_dense(x, tr)
         if tr is None:
             return self._forward(x, gate, in_mask)
-        if gate is None and in_mask is None:
-            return self._traced_dense(x, tr)
         with _Suppressed(tr):  # it reports its own costs: nothing in it is the counter's to count
             return self._forward(x, gate, in_mask)
 
