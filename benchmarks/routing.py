@@ -142,11 +142,9 @@ _CTRL_ONE = 1 << _SHIFT["ctrl"]
 #: kind -> what one unit of it adds to a frame's counts, outside and inside a controller
 _ONE = {kind: 1 << _SHIFT[kind] for kind in (*_cost.MAC_KINDS, *_cost.OTHER_KINDS)}
 _ONE_CTRL = {kind: one + (_CTRL_ONE if kind in _cost.MAC_KINDS else 0) for kind, one in _ONE.items()}
-
-
-def _unpack(counts: int) -> dict[str, int]:
-    """A frame's packed counts as {field: batch total}."""
-    return {name: (counts >> shift) & _FIELD_MASK for name, shift in _SHIFT.items()}
+#: (kind, shift) of the MAC kinds and of the other ops' kinds, for unpacking a frame's counts
+_MAC_SHIFTS = tuple((kind, _SHIFT[kind]) for kind in _cost.MAC_KINDS)
+_OTHER_SHIFTS = tuple((kind, _SHIFT[kind]) for kind in _cost.OTHER_KINDS)
 
 
 _EXEC, _THEO, _CTRL = "macs_executed", "macs_theoretical", "macs_controller"
@@ -169,7 +167,7 @@ class Trace:
     # data from the CPU's caches; a fixed layout touches less memory than a growing dict)
     __slots__ = (
         "counter", "_root", "_frame", "_stack", "_suppress", "_ctrl_depth", "_cache", "_device",
-        "_totals", "_others", "_records", "_units", "_gated", "_executions", "_margins", "_by_kind",
+        "_totals", "_others", "_records", "_frame_values", "_units", "_gated", "_executions", "_margins", "_by_kind",
         "_by_kind_rows", "_handle", "_mode", "_done", "_results", "_values", "_all_rows", "_events",
         "_replaying", "_recording", "_on", "_hold", "_quiet", "_call", "_parts", "_wrapped", "_tracked",
     )  # fmt: skip
@@ -199,7 +197,9 @@ class Trace:
         # "other") and name
         self._totals: dict[str, dict[Any, int]] = {"macs": {}, "unit": {}, "channels": {}, "other": {}}
         self._others: dict[str, None] = {}  # non-MAC op kinds counted, in order of first appearance
-        self._records: list[tuple[Any, Any, Any, Any]] = []  # (key, rows, theo, values)
+        self._records: list[tuple[Any, Any, Any, Any]] = []  # (key, rows, theo, values per row)
+        # numbers common to the rows of a closed frame: (rows, theo or None, {key: number})
+        self._frame_values: list[tuple[Any, Any, dict[Any, int]]] = []
         self._units: dict[str, None] = {}  # routing units, in order of first appearance
         self._gated: dict[str, None] = {}  # channel-gated units
         self._executions: dict[str, dict[str, int]] = {}  # gated unit -> execution -> calls
@@ -225,7 +225,7 @@ class Trace:
         self._call: _Call | None = None  # the innermost open call of a dynamic part
         self._parts: _ModelParts | None = None
         self._wrapped: _Wrapped | None = None
-        self._tracked: dict[int, Callable[[tuple, dict], Any]] | None = None  # see DynamicModule.__call__
+        self._tracked: dict[int, Callable[[Trace, tuple, dict], Any]] | None = None  # see DynamicModule.__call__
         if model is not None and cache is not None and counter == "functions":
             parts = cache.get(("static parts", id(model)))
             if parts is None or parts.model is not model:
@@ -258,8 +258,8 @@ class Trace:
             self._handle = None
         if self._mode is not None:
             self._call, self._hold, self._quiet = None, 0, False  # an exception may have left them
-            _sync(self)
-            torch._C._pop_torch_function_stack()  # (what leaving the mode does)
+            if self._on:  # (else it is off the stack already: a replayed segment ended the forward)
+                torch._C._pop_torch_function_stack()  # (what leaving the mode does)
             self._mode, self._on = None, False
             if self._wrapped is not None:
                 self._wrapped.remove()
@@ -397,32 +397,48 @@ class Trace:
             self._segment_begins(("q",))
 
     def _flush(self, frame: _Frame) -> None:
+        """A closing frame's counts and records become per-sample values: totals where the
+        frame holds every sample of the batch, else records for its rows."""
         batch = frame.batch or 1
-        counts = _unpack(frame.counts)
-        executed = 0
+        counts = frame.counts
         by_kind = self._by_kind
-        for kind in _cost.MAC_KINDS:
-            if counts[kind]:
-                executed += counts[kind]
-                by_kind[kind] = by_kind.get(kind, 0) + counts[kind]
-        macs = {_EXEC: executed // batch, _CTRL: counts["ctrl"] // batch}
-        theoretical = {_THEO: (executed - frame.saved) // batch}
-        other = {kind: counts[kind] // batch for kind in _cost.OTHER_KINDS if counts[kind]} or None
+        executed = 0
+        for kind, shift in _MAC_SHIFTS:
+            value = (counts >> shift) & _FIELD_MASK
+            if value:
+                executed += value
+                by_kind[kind] = by_kind.get(kind, 0) + value
+        other = None
+        for kind, shift in _OTHER_SHIFTS:
+            value = ((counts >> shift) & _FIELD_MASK) // batch
+            if value:
+                if other is None:
+                    other = {}
+                other[kind] = value
         if other:
-            self._others.update(dict.fromkeys(kind for kind, value in other.items() if value))
+            self._others.update(dict.fromkeys(other))
+        macs = {_EXEC: executed // batch, _CTRL: ((counts >> _SHIFT["ctrl"]) & _FIELD_MASK) // batch}
+        theoretical = {_THEO: (executed - frame.saved) // batch}
         # (family, values, whether its rows count only where the sample really ran)
         families = (("macs", macs, False), ("macs", theoretical, True), ("other", other, False),
                     ("unit", frame.units, True), ("channels", frame.channels, True))  # fmt: skip
         if frame.rows is None and frame.theo is None:  # common to every sample of the batch
+            totals = self._totals
             for family, values, _ in families:
                 if values:
-                    _add_counts(self._totals[family], values)
+                    _add_counts(totals[family], values)
         else:
-            for family, values, masked in families:
+            unmasked: dict[Any, int] = {}
+            masked: dict[Any, int] = {}
+            for family, values, theo_masked in families:
+                into = masked if theo_masked and frame.theo is not None else unmasked
                 for name, value in (values or {}).items():
                     if value:
-                        key = name if family == "macs" else (family, name)
-                        self._records.append((key, frame.rows, frame.theo if masked else None, value))
+                        into[name if family == "macs" else (family, name)] = value
+            if unmasked:
+                self._frame_values.append((frame.rows, None, unmasked))
+            if masked:
+                self._frame_values.append((frame.rows, frame.theo, masked))
         frame.counts = frame.saved = 0
         frame.units = frame.channels = None
 
@@ -617,9 +633,9 @@ class Trace:
         for family, names in (("unit", self._units), ("channels", self._gated), ("other", self._others)):
             families[family] = (len(values), list(names))
             values += map(totals[family].get, names, repeat(0))
-        table = torch.frombuffer(array("q", values), dtype=torch.int64)
+        table = _int64_tensor(values)
         table = (table if n == 1 else table.repeat_interleave(n)).view(len(values), n)
-        if self._records:
+        if self._records or self._frame_values:
             keys = [_EXEC, _THEO, _CTRL]
             keys += [(family, name) for family, (_, names) in families.items() if family != "macs" for name in names]
             self._add_records(table, keys, n)
@@ -628,35 +644,62 @@ class Trace:
         return table, families
 
     def _add_records(self, table: torch.Tensor, keys: list[Any], n: int) -> None:
-        """Add the per-row records to the rows of `table` they belong to."""
+        """Add the per-row records to the rows of `table` they belong to, in a few kernels
+        whatever their number (a batch of 64 through a block-skipping ResNet-56 closes some 50
+        frames; a kernel or more per record cost a millisecond): the numbers common to a
+        frame's rows are a (row of `table`) × (frame) matrix, multiplied by the frames'
+        membership of samples; values per row are gathered into one index_add."""
         device = self._device or torch.device("cpu")
-        grouped: dict[Any, list] = {}
-        for key, rows, theo, value in self._records:
-            grouped.setdefault(key, []).append((rows, theo, value))
         row_of = {key: i for i, key in enumerate(keys)}
+        common: dict[int, dict[int, int]] = {}  # row of table -> frame -> number
+        for frame, (_, _, values) in enumerate(self._frame_values):
+            for key, value in values.items():
+                r = row_of.get(key)
+                if r is not None:
+                    common.setdefault(r, {})[frame] = value
+        rows_all: list[tuple[int, torch.Tensor]] = []  # (row of table, value per sample)
+        flat_index: list[torch.Tensor] = []  # other values per row: positions in out.view(-1)
+        flat_value: list[torch.Tensor] = []
+        for key, rows, theo, value in self._records:
+            r = row_of.get(key)
+            if r is None:
+                continue
+            if rows is None and theo is None:
+                rows_all.append((r, value))
+            else:
+                value = value.to(torch.int64)
+                flat_value.append(value if theo is None else value * theo)
+                flat_index.append((torch.arange(n, device=device) if rows is None else rows) + r * n)
         self._suppress += 1
         try:
-            for key, entries in grouped.items():
-                if key not in row_of:
-                    continue
-                out = torch.zeros((n,), dtype=torch.int64, device=device)
-                rows_list, values_list = [], []
-                for rows, theo, value in entries:
-                    if isinstance(value, int):
-                        size = n if rows is None else rows.numel()
-                        value = torch.full((size,), value, dtype=torch.int64, device=device)
-                    else:
-                        value = value.to(torch.int64)
-                    if theo is not None:
-                        value = value * theo
-                    if rows is None:
-                        out += value
-                    else:
-                        rows_list.append(rows)
-                        values_list.append(value)
-                if rows_list:
-                    out.index_add_(0, torch.cat(rows_list), torch.cat(values_list))
-                table[row_of[key]] += out.cpu()
+            out = torch.zeros((len(keys), n), dtype=torch.int64, device=device)
+            if common:
+                # the frames' samples in a row, each position's frame, and each used row's
+                # number per frame: a position adds its frame's number (times its theo mask
+                # where the frame has one) to its sample
+                frames = self._frame_values
+                sizes = [n if rows is None else rows.numel() for rows, _, _ in frames]
+                samples = torch.cat([torch.arange(n, device=device) if rows is None else rows for rows, _, _ in frames])
+                frame_of = torch.repeat_interleave(_int64_tensor(sizes, device))
+                used = list(common)
+                numbers = _int64_tensor([common[r].get(f, 0) for r in used for f in range(len(frames))], device)
+                added = numbers.view(len(used), len(frames)).index_select(1, frame_of)
+                if any(theo is not None for _, theo, _ in frames):
+                    theo_of = torch.cat([
+                        torch.ones(size, dtype=torch.int64, device=device) if theo is None else theo.to(torch.int64)
+                        for (_, theo, _), size in zip(frames, sizes, strict=True)
+                    ])  # fmt: skip
+                    added *= theo_of
+                by_sample = torch.zeros((len(used), n), dtype=torch.int64, device=device)
+                out.index_add_(0, _int64_tensor(used, device), by_sample.index_add_(1, samples, added))
+            if rows_all:
+                out.index_add_(
+                    0, _int64_tensor([r for r, _ in rows_all], device),
+                    torch.stack([value for _, value in rows_all]).to(torch.int64),
+                )
+            if flat_index:
+                out.view(-1).index_add_(0, torch.cat(flat_index), torch.cat(flat_value))
+            table += out.cpu()
         finally:
             self._suppress -= 1
 
@@ -837,6 +880,13 @@ def _module_hook(module: nn.Module, args: tuple, output: Any) -> None:
     if tr._device is None:
         tr._see(args[0] if args else None)
     tr._frame.counts += macs * (_ONE_CTRL if tr._ctrl_depth else _ONE)[kind]
+
+
+def _int64_tensor(values: list[int], device: torch.device | None = None) -> torch.Tensor:
+    """A list of Python ints as a 1-D int64 tensor, through a buffer (torch.tensor walks a
+    list element by element: ~30 us for 50 numbers, against a few through array)."""
+    table = torch.frombuffer(array("q", values), dtype=torch.int64) if values else torch.zeros(0, dtype=torch.int64)
+    return table if device is None or device.type == "cpu" else table.to(device)
 
 
 def _add_counts(totals: dict[Any, int], counts: dict[Any, int]) -> None:
@@ -1209,7 +1259,8 @@ class _DynamicPart:
         self.root = _Node()  # its first steps: the calls' input keys
         self.nodes = 0
         self.live = False  # one of its segments was counted live
-        #: `call(args, kwargs)`: the module's call, followed on its path tree inside a trace
+        #: `call(trace, args, kwargs)`: the module's call, followed on its path tree inside a
+        #: trace (made by `DynamicModule.__call__` while `trace` records with `_tracked` set)
         self.call = self._tracking(module._call_impl)
 
     def child(self, node: _Node, event: Any) -> _Node | None:
@@ -1219,7 +1270,7 @@ class _DynamicPart:
             self.nodes += 1
         return found
 
-    def _tracking(self, call_impl: Callable[..., Any]) -> Callable[[tuple, dict], Any]:
+    def _tracking(self, call_impl: Callable[..., Any]) -> Callable[[Trace, tuple, dict], Any]:
         part = self
         module, root = self.module, self.root
 
@@ -1232,9 +1283,8 @@ class _DynamicPart:
                 key = _input_key((module.training, tr._ctrl_depth > 0, torch.is_grad_enabled()), args, kwargs)
             return None if key is None else (root.next.get(key) or part.child(root, key))
 
-        def tracking_call(args: tuple, kwargs: dict) -> Any:
-            tr = _ACTIVE
-            if tr is None or tr._mode is None or tr._replaying:
+        def tracking_call(tr: Trace, args: tuple, kwargs: dict) -> Any:
+            if tr._replaying:  # (inside a static part whose count is replayed: only kernels run)
                 return call_impl(*args, **kwargs)
             parent = tr._call
             if tr._quiet and parent.state is _REPLAY and tr._device is not None:
@@ -1251,10 +1301,8 @@ class _DynamicPart:
                 if counted:
                     if at.costs:  # (a packed count is a long integer: adding nothing costs)
                         tr._frame.counts += at.costs
-                    call = tr._call = _Call.__new__(_Call)
-                    call.part, call.node, call.segment, call.state, call.args, call.parent = (
-                        part, node, node, _REPLAY, args, parent
-                    )
+                    call = tr._call = _Call.__new__(_Call)  # (no `args`: read only while no device is known)
+                    call.part, call.node, call.segment, call.state, call.parent = part, node, node, _REPLAY, parent
                 else:
                     call = tr._call_begins(part, node, args)
             else:
@@ -1434,7 +1482,7 @@ class DynamicModule(nn.Module):
         if tr is not None and tr._tracked is not None:
             call = tr._tracked.get(id(self))
             if call is not None:
-                return call(args, kwargs)
+                return call(tr, args, kwargs)
         if self._compiled_call_impl is not None:
             return self._compiled_call_impl(*args, **kwargs)
         return self._call_impl(*args, **kwargs)
