@@ -107,7 +107,7 @@ def test_trace_overhead(benchmark, name, batch):
     torch.set_num_threads(1)
     try:
         model = _model(name)
-        rounds = 30 if batch > 1 else 500
+        rounds = 60 if batch > 1 else 500
         # a new batch every round, the same one for every call of the round (a measurement run
         # sees each input once: a dynamic model's paths are new, and so is its plain time)
         batches = tuple(b for b in _images(batch * (rounds + 2)).split(batch) if len(b) == batch)
