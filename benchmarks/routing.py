@@ -320,21 +320,8 @@ class Trace:
                 self._segment_step(("u", name, None))
             self._records.append((("unit", name), frame.rows, frame.theo, executed))
             return
-        call = self._call
-        if call is not None:
-            event = ("u", name, executed)
-            if call.state is _REPLAY and self._device is not None:
-                # (`_segment_step`'s steady state, inline: a routed block's one record at batch 1)
-                costs = call.segment.costs
-                if costs:
-                    frame.counts += costs
-                node = call.node.next.get(event)
-                if node is not None and node.costs.__class__ is int:
-                    call.node = call.segment = node
-                else:
-                    self._segment_begins(event)
-            else:
-                self._segment_step(event)
+        if self._call is not None:
+            self._segment_step(("u", name, executed))
         if executed:
             units = frame.units
             if units is None:
